@@ -1,0 +1,77 @@
+//! The overlap rule: a token is trained iff its byte span overlaps a response region; a token of
+//! zero width (a phantom space) iff its offset lies inside one.
+
+use crate::regions::Region;
+use crate::text::SearchText;
+
+/// Counts for one example.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowStats {
+    /// Tokens in the example (padding excluded).
+    pub tokens: u64,
+    /// Tokens whose label is their id.
+    pub trained: u64,
+    /// Trained tokens that reach outside their region (they straddle a template boundary).
+    pub straddling: u64,
+    /// Whether a response template was found (set by the caller, which saw the search).
+    pub found: bool,
+}
+
+/// Writes the labels of one example: `ids[i]` where token `i` is trained, `ignore_index`
+/// elsewhere. `labels` has one slot per token.
+///
+/// ```
+/// use sftmask::{fill_labels, SearchText, Vocab};
+/// let json = r#"{"model": {"type": "BPE", "vocab": {"Q:": 0, "A:": 1, "Ġyes": 2}, "merges": []},
+///                "decoder": {"type": "ByteLevel"}}"#;
+/// let vocab = Vocab::from_json(json).unwrap();
+/// let mut text = SearchText::default();
+/// let ids = [0, 1, 2];
+/// text.build(&vocab, &ids, 0).unwrap();
+/// let mut labels = [0i64; 3];
+/// let stats = fill_labels(&ids, &text, &[(4, 8)], -100, &mut labels);
+/// assert_eq!(labels, [-100, -100, 2]);
+/// assert_eq!(stats.trained, 1);
+/// ```
+pub fn fill_labels(ids: &[i64], text: &SearchText, regions: &[Region], ignore_index: i64, labels: &mut [i64]) -> RowStats {
+    debug_assert_eq!(ids.len(), text.len());
+    debug_assert_eq!(ids.len(), labels.len());
+    let mut stats = RowStats { tokens: ids.len() as u64, ..RowStats::default() };
+    if regions.is_empty() {
+        labels.fill(ignore_index);
+        return stats;
+    }
+    let ends = text.ends();
+    let mut r = 0usize;
+    let mut start = 0u32;
+    for (i, (&id, label)) in ids.iter().zip(labels.iter_mut()).enumerate() {
+        let end = ends[i];
+        // Regions are sorted and disjoint, and token starts only grow: skip regions that end
+        // at or before this token's start; they cannot overlap it or any later token.
+        while r < regions.len() && regions[r].1 <= start {
+            r += 1;
+        }
+        let trained = match regions.get(r) {
+            None => false,
+            Some(&(rs, re)) => {
+                if end > start {
+                    let hit = end > rs; // start < re holds after the skip above
+                    if hit && (start < rs || end > re) {
+                        stats.straddling += 1;
+                    }
+                    hit
+                } else {
+                    rs <= start
+                }
+            }
+        };
+        if trained {
+            *label = id;
+            stats.trained += 1;
+        } else {
+            *label = ignore_index;
+        }
+        start = end;
+    }
+    stats
+}

@@ -1,0 +1,689 @@
+//! The vocabulary byte table: for every token id, the exact bytes of text it stands for.
+//!
+//! Built once per tokenizer from its `tokenizer.json` (and cached by content, see
+//! [`Vocab::cached_from_json`]). The table is what makes masking exact: an example's searchable
+//! text is the concatenation of its tokens' bytes, so every token has a byte span and nothing has
+//! to be re-tokenized or guessed.
+//!
+//! Families and their rules:
+//! - byte-level BPE (GPT-2, Llama-3, Qwen2, Mistral Tekken): each character of a token string is
+//!   one byte through the inverse of GPT-2's byte-to-unicode map;
+//! - SentencePiece-style (Llama-2, Mistral v1/v3, Phi-3, Gemma, T5…): `▁` is a space and
+//!   `<0xNN>` byte-fallback tokens are that byte;
+//! - WordPiece (BERT): `##` continues a word, any other token starts one with a space (best
+//!   effort: the text then reads like `decode` output);
+//! - added/special tokens: their content.
+//!
+//! The *phantom* space: SentencePiece-style tokenizers prepend `▁` to the start of the text (and,
+//! for Llama-2-style "always" tokenizers, to every segment after a special token). That byte is
+//! not in the user's text, so [`crate::text`] gives it zero width. [`PhantomScheme`] records which
+//! rule the tokenizer follows.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::{NormalizedString, Normalizer};
+
+use crate::error::{Error, Result};
+
+/// Flag: the id exists in the vocabulary.
+pub(crate) const KNOWN: u8 = 1;
+/// Flag: an added token that splits the text into segments (matched before normalization).
+pub(crate) const SPLITS: u8 = 2;
+/// Flag: the token's first byte is a word-start space that may be phantom.
+pub(crate) const WORD_START: u8 = 4;
+/// Flag: a special token that the post-processor puts before the text (BOS, `[CLS]`).
+pub(crate) const PREFIX: u8 = 8;
+/// Flag: an added or special token (content taken verbatim).
+pub(crate) const ADDED: u8 = 16;
+
+/// Where a SentencePiece-style tokenizer puts a `▁` that is not in the user's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhantomScheme {
+    /// No phantom space (byte-level BPE, Gemma).
+    Never,
+    /// Only at the very start of the text (Metaspace `prepend_scheme="first"`, Mistral v3).
+    First,
+    /// At the start of every segment: the text's start and after each special token
+    /// (Llama-2 legacy, Phi-3, Mistral v1, WordPiece's word-start space).
+    Always,
+}
+
+/// How token strings map to bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoding {
+    /// GPT-2 byte-to-unicode characters.
+    ByteLevel,
+    /// `▁` (or another replacement character) is a space; `<0xNN>` is a byte when `byte_fallback`.
+    SentencePiece { replacement: char, byte_fallback: bool },
+    /// WordPiece with its continuation prefix (`##`).
+    WordPiece { prefix: String },
+}
+
+/// The byte table of one tokenizer.
+///
+/// ```
+/// use sftmask::Vocab;
+/// let json = r#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "Ġb": 2}, "merges": []},
+///                "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false},
+///                "decoder": {"type": "ByteLevel"},
+///                "added_tokens": [{"id": 3, "content": "<eos>", "special": true, "normalized": false}]}"#;
+/// let vocab = Vocab::from_json(json).unwrap();
+/// assert_eq!(vocab.len(), 4);
+/// assert_eq!(vocab.token_bytes(2), Some(&b" b"[..]));
+/// assert_eq!(vocab.token_bytes(3), Some(&b"<eos>"[..]));
+/// ```
+pub struct Vocab {
+    bytes: Vec<u8>,
+    starts: Vec<u32>,
+    flags: Vec<u8>,
+    phantom: PhantomScheme,
+    decoding: Decoding,
+    template_normalizers: Vec<NormalizerWrapper>,
+    fingerprint: u64,
+}
+
+impl fmt::Debug for Vocab {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vocab")
+            .field("len", &self.len())
+            .field("decoding", &self.decoding)
+            .field("phantom", &self.phantom)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tokenizer.json, read lazily: only what the table needs (the merges can be megabytes).
+
+#[derive(Deserialize)]
+struct TokenizerFile {
+    #[serde(default)]
+    added_tokens: Vec<AddedTokenJson>,
+    #[serde(default)]
+    normalizer: Option<Value>,
+    #[serde(default)]
+    pre_tokenizer: Option<Value>,
+    #[serde(default)]
+    post_processor: Option<Value>,
+    #[serde(default)]
+    decoder: Option<Value>,
+    model: ModelJson,
+}
+
+#[derive(Deserialize)]
+struct AddedTokenJson {
+    id: u32,
+    content: String,
+    #[serde(default)]
+    special: bool,
+    #[serde(default)]
+    normalized: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ModelJson {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    vocab: Option<VocabJson>,
+    #[serde(default)]
+    byte_fallback: Option<bool>,
+    #[serde(default)]
+    continuing_subword_prefix: Option<String>,
+    #[serde(flatten)]
+    _rest: de::IgnoredAny,
+}
+
+/// `model.vocab`: a `{token: id}` map (BPE, WordPiece, WordLevel) or a `[[token, score], …]`
+/// list (Unigram, where the id is the position).
+struct VocabJson(Vec<(u32, String)>);
+
+impl<'de> Deserialize<'de> for VocabJson {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = VocabJson;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of token to id, or a list of [token, score]")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<VocabJson, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(0));
+                while let Some((token, id)) = m.next_entry::<String, u32>()? {
+                    out.push((id, token));
+                }
+                Ok(VocabJson(out))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> std::result::Result<VocabJson, A::Error> {
+                let mut out = Vec::with_capacity(s.size_hint().unwrap_or(0));
+                let mut id = 0u32;
+                while let Some((token, _score)) = s.next_element::<(String, f64)>()? {
+                    out.push((id, token));
+                    id += 1;
+                }
+                Ok(VocabJson(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Every component of a possibly nested `Sequence` (normalizers, pre-tokenizers, decoders,
+/// processors all nest the same way, under different keys).
+fn leaves(v: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    fn walk<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+        if v.is_null() {
+            return;
+        }
+        if v.get("type").and_then(Value::as_str) == Some("Sequence") {
+            for key in ["normalizers", "pretokenizers", "decoders", "processors"] {
+                if let Some(items) = v.get(key).and_then(Value::as_array) {
+                    for item in items {
+                        walk(item, out);
+                    }
+                }
+            }
+        } else {
+            out.push(v);
+        }
+    }
+    walk(v, &mut out);
+    out
+}
+
+fn type_of(v: &Value) -> &str {
+    v.get("type").and_then(Value::as_str).unwrap_or("")
+}
+
+/// GPT-2's byte-to-unicode map, inverted: `char as u32` -> byte.
+fn byte_level_inverse() -> [i16; 324] {
+    let mut inv = [-1i16; 324];
+    let mut n = 0u32;
+    for b in 0u32..256 {
+        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let ch = if printable {
+            b
+        } else {
+            n += 1;
+            255 + n
+        };
+        inv[ch as usize] = b as i16;
+    }
+    inv
+}
+
+fn decoding_of(file: &TokenizerFile) -> Result<Decoding> {
+    let replacement_of = |v: &Value| -> char {
+        v.get("replacement")
+            .and_then(Value::as_str)
+            .and_then(|s| s.chars().next())
+            .unwrap_or('▁')
+    };
+    let byte_fallback_model = file.model.byte_fallback.unwrap_or(false);
+    if let Some(dec) = file.decoder.as_ref().filter(|d| !d.is_null()) {
+        let parts = leaves(dec);
+        let has = |t: &str| parts.iter().any(|p| type_of(p) == t);
+        if has("ByteLevel") {
+            return Ok(Decoding::ByteLevel);
+        }
+        if let Some(m) = parts.iter().find(|p| type_of(p) == "Metaspace") {
+            return Ok(Decoding::SentencePiece {
+                replacement: replacement_of(m),
+                byte_fallback: byte_fallback_model || has("ByteFallback"),
+            });
+        }
+        // Llama-2-style decoders: Replace("▁", " ") + ByteFallback + Fuse + Strip.
+        let replace_space = parts.iter().find(|p| {
+            type_of(p) == "Replace"
+                && p.get("content").and_then(Value::as_str) == Some(" ")
+                && p.pointer("/pattern/String").and_then(Value::as_str).is_some()
+        });
+        if let Some(r) = replace_space {
+            let pat = r.pointer("/pattern/String").and_then(Value::as_str).unwrap_or("▁");
+            return Ok(Decoding::SentencePiece {
+                replacement: pat.chars().next().unwrap_or('▁'),
+                byte_fallback: byte_fallback_model || has("ByteFallback"),
+            });
+        }
+        if let Some(w) = parts.iter().find(|p| type_of(p) == "WordPiece") {
+            let prefix = w.get("prefix").and_then(Value::as_str).unwrap_or("##");
+            return Ok(Decoding::WordPiece { prefix: prefix.to_owned() });
+        }
+        let names: Vec<&str> = parts.iter().map(|p| type_of(p)).collect();
+        return Err(Error::UnsupportedTokenizer(format!(
+            "decoder {} is not supported (supported: ByteLevel, Metaspace, Replace('▁', ' ') + ByteFallback, WordPiece)",
+            names.join(" + ")
+        )));
+    }
+    // No decoder: fall back on the pre-tokenizer and the model.
+    if let Some(pre) = file.pre_tokenizer.as_ref() {
+        let parts = leaves(pre);
+        if parts.iter().any(|p| type_of(p) == "ByteLevel") {
+            return Ok(Decoding::ByteLevel);
+        }
+        if let Some(m) = parts.iter().find(|p| type_of(p) == "Metaspace") {
+            return Ok(Decoding::SentencePiece {
+                replacement: replacement_of(m),
+                byte_fallback: byte_fallback_model,
+            });
+        }
+    }
+    match file.model.kind.as_deref() {
+        Some("WordPiece") => Ok(Decoding::WordPiece {
+            prefix: file.model.continuing_subword_prefix.clone().unwrap_or_else(|| "##".into()),
+        }),
+        other => Err(Error::UnsupportedTokenizer(format!(
+            "tokenizer.json has no decoder, and its model ({}) and pre-tokenizer do not say how tokens map to text",
+            other.unwrap_or("unknown")
+        ))),
+    }
+}
+
+fn phantom_of(file: &TokenizerFile, decoding: &Decoding) -> PhantomScheme {
+    if let Decoding::WordPiece { .. } = decoding {
+        return PhantomScheme::Always;
+    }
+    if let Some(pre) = file.pre_tokenizer.as_ref() {
+        for p in leaves(pre) {
+            match type_of(p) {
+                "Metaspace" => {
+                    if let Some(s) = p.get("prepend_scheme").and_then(Value::as_str) {
+                        return match s {
+                            "first" => PhantomScheme::First,
+                            "never" => PhantomScheme::Never,
+                            _ => PhantomScheme::Always,
+                        };
+                    }
+                    // Files older than `prepend_scheme` say `add_prefix_space`.
+                    return match p.get("add_prefix_space").and_then(Value::as_bool) {
+                        Some(false) => PhantomScheme::Never,
+                        _ => PhantomScheme::Always,
+                    };
+                }
+                "ByteLevel" if p.get("add_prefix_space").and_then(Value::as_bool) == Some(true) => {
+                    return PhantomScheme::Always;
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(norm) = file.normalizer.as_ref() {
+        let prepends = leaves(norm).iter().any(|n| {
+            type_of(n) == "Prepend" && n.get("prepend").and_then(Value::as_str).is_some_and(|s| s.starts_with(['▁', ' ']))
+        });
+        if prepends {
+            return PhantomScheme::Always;
+        }
+    }
+    PhantomScheme::Never
+}
+
+/// Ids the post-processor puts before the text of a single sequence (BOS, `[CLS]`).
+fn prefix_ids(post: Option<&Value>) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Some(post) = post else { return out };
+    for p in leaves(post) {
+        match type_of(p) {
+            "TemplateProcessing" => {
+                let specials = p.get("special_tokens");
+                if let Some(single) = p.get("single").and_then(Value::as_array) {
+                    for piece in single {
+                        if piece.get("Sequence").is_some() {
+                            break;
+                        }
+                        let name = piece.pointer("/SpecialToken/id").and_then(Value::as_str);
+                        let ids = name
+                            .and_then(|n| specials.and_then(|s| s.get(n)))
+                            .and_then(|s| s.get("ids"))
+                            .and_then(Value::as_array);
+                        for id in ids.into_iter().flatten() {
+                            if let Some(id) = id.as_u64() {
+                                out.push(id as u32);
+                            }
+                        }
+                    }
+                }
+            }
+            "BertProcessing" | "RobertaProcessing" => {
+                if let Some(id) = p.pointer("/cls/1").and_then(Value::as_u64) {
+                    out.push(id as u32);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The tokenizer's content-changing normalizers (Unicode forms, lower-casing…), applied to string
+/// templates so they are written in the same form as the searchable text. Structural ones
+/// (`Prepend("▁")`, `Replace(" ", "▁")`) are left out: the byte table already undoes them.
+fn template_normalizers(norm: Option<&Value>) -> Result<Vec<NormalizerWrapper>> {
+    let mut out = Vec::new();
+    let Some(norm) = norm else { return Ok(out) };
+    for n in leaves(norm) {
+        let keep = matches!(
+            type_of(n),
+            "NFC" | "NFD" | "NFKC" | "NFKD" | "Lowercase" | "StripAccents" | "BertNormalizer" | "Precompiled" | "Nmt"
+        );
+        if keep {
+            let w: NormalizerWrapper = serde_json::from_value(n.clone())
+                .map_err(|e| Error::TokenizerJson(format!("normalizer {}: {e}", type_of(n))))?;
+            out.push(w);
+        }
+    }
+    Ok(out)
+}
+
+fn content_hash(json: &str) -> u64 {
+    // SipHash with fixed keys: stable within and across processes, so it can key a cache.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x5f74_6d61_736b, 0x7366_746d_6173_6b);
+    json.hash(&mut h);
+    h.finish()
+}
+
+impl Vocab {
+    /// Builds the table from the text of a `tokenizer.json`.
+    ///
+    /// ```
+    /// let json = r#"{"model": {"type": "BPE", "vocab": {"▁Hi": 0, "<0x0A>": 1}, "merges": [], "byte_fallback": true},
+    ///                "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false},
+    ///                "decoder": {"type": "Sequence", "decoders": [
+    ///                   {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+    ///                   {"type": "ByteFallback"}, {"type": "Fuse"}]}}"#;
+    /// let v = sftmask::Vocab::from_json(json).unwrap();
+    /// assert_eq!(v.token_bytes(0), Some(&b" Hi"[..]));
+    /// assert_eq!(v.token_bytes(1), Some(&b"\n"[..]));
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::TokenizerJson`] when the text is not a tokenizer.json, and
+    /// [`Error::UnsupportedTokenizer`] when its decoder has no exact byte rule.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let file: TokenizerFile = serde_json::from_str(json).map_err(|e| Error::TokenizerJson(e.to_string()))?;
+        let decoding = decoding_of(&file)?;
+        let phantom = phantom_of(&file, &decoding);
+        let template_normalizers = template_normalizers(file.normalizer.as_ref())?;
+
+        let model_vocab = file.model.vocab.as_ref().map(|v| v.0.as_slice()).unwrap_or(&[]);
+        let size = model_vocab
+            .iter()
+            .map(|(id, _)| *id as usize + 1)
+            .chain(file.added_tokens.iter().map(|t| t.id as usize + 1))
+            .max()
+            .unwrap_or(0);
+        if size == 0 {
+            return Err(Error::TokenizerJson("the vocabulary is empty".into()));
+        }
+        if size > 16 << 20 {
+            return Err(Error::TokenizerJson(format!("a vocabulary of {size} ids is implausibly large")));
+        }
+
+        // Per id: its bytes (built below) and flags.
+        let mut per_id: Vec<Option<(Vec<u8>, u8)>> = vec![None; size];
+        let inverse = byte_level_inverse();
+        for (id, token) in model_vocab {
+            per_id[*id as usize] = Some(token_bytes(token, &decoding, &inverse));
+        }
+        let prefixes = prefix_ids(file.post_processor.as_ref());
+        for t in &file.added_tokens {
+            // Special tokens are matched on the raw text; so are added tokens marked
+            // `normalized: false`. Both end a segment (the next one may get a phantom `▁`).
+            let normalized = t.normalized.unwrap_or(!t.special);
+            let mut flags = KNOWN | ADDED;
+            if !normalized {
+                flags |= SPLITS;
+            }
+            per_id[t.id as usize] = Some((t.content.as_bytes().to_vec(), flags));
+        }
+        for id in prefixes {
+            if let Some(Some((_, flags))) = per_id.get_mut(id as usize) {
+                *flags |= PREFIX;
+            }
+        }
+
+        let total: usize = per_id.iter().flatten().map(|(b, _)| b.len()).sum();
+        if total > u32::MAX as usize / 2 {
+            return Err(Error::TokenizerJson("the vocabulary's text is implausibly large".into()));
+        }
+        let mut bytes = Vec::with_capacity(total);
+        let mut starts = Vec::with_capacity(size + 1);
+        let mut flags = Vec::with_capacity(size);
+        for entry in &per_id {
+            starts.push(bytes.len() as u32);
+            match entry {
+                Some((b, f)) => {
+                    bytes.extend_from_slice(b);
+                    flags.push(*f);
+                }
+                None => flags.push(0),
+            }
+        }
+        starts.push(bytes.len() as u32);
+        Ok(Vocab {
+            bytes,
+            starts,
+            flags,
+            phantom,
+            decoding,
+            template_normalizers,
+            fingerprint: content_hash(json),
+        })
+    }
+
+    /// Like [`Vocab::from_json`], but returns the table already built for the same text in this
+    /// process (a small cache keyed by a hash of the text), so a second collator costs nothing.
+    ///
+    /// # Errors
+    /// As [`Vocab::from_json`].
+    pub fn cached_from_json(json: &str) -> Result<Arc<Self>> {
+        const CAPACITY: usize = 8;
+        static CACHE: Mutex<Vec<(u64, usize, Arc<Vocab>)>> = Mutex::new(Vec::new());
+        let key = (content_hash(json), json.len());
+        {
+            let cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, _, v)) = cache.iter().find(|(h, n, _)| (*h, *n) == key) {
+                return Ok(Arc::clone(v));
+            }
+        }
+        let vocab = Arc::new(Vocab::from_json(json)?);
+        let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= CAPACITY {
+            cache.remove(0);
+        }
+        cache.push((key.0, key.1, Arc::clone(&vocab)));
+        Ok(vocab)
+    }
+
+    /// Number of ids (one more than the largest id).
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    /// `true` for a table without ids (never built by [`Vocab::from_json`]).
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+
+    /// The bytes `id` stands for, without any phantom rule; `None` for an unknown id.
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        let i = id as usize;
+        if i >= self.flags.len() || self.flags[i] & KNOWN == 0 {
+            return None;
+        }
+        Some(&self.bytes[self.starts[i] as usize..self.starts[i + 1] as usize])
+    }
+
+    /// `true` when `id` is an added or special token.
+    pub fn is_added(&self, id: u32) -> bool {
+        self.flags.get(id as usize).is_some_and(|f| f & ADDED != 0)
+    }
+
+    /// The phantom-space rule of this tokenizer.
+    pub fn phantom(&self) -> PhantomScheme {
+        self.phantom
+    }
+
+    /// How token strings map to bytes.
+    pub fn decoding(&self) -> &Decoding {
+        &self.decoding
+    }
+
+    /// A stable hash of the tokenizer.json text the table was built from.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// Applies the tokenizer's content-changing normalization (e.g. NFC for Qwen) to a template
+    /// written as text, so it matches the searchable text.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if a normalizer fails.
+    pub fn normalize_template(&self, text: &str) -> Result<String> {
+        if self.template_normalizers.is_empty() {
+            return Ok(text.to_owned());
+        }
+        let mut n = NormalizedString::from(text);
+        for norm in &self.template_normalizers {
+            norm.normalize(&mut n)
+                .map_err(|e| Error::InvalidArgument(format!("normalizing the template failed: {e}")))?;
+        }
+        Ok(n.get().to_owned())
+    }
+
+    #[inline]
+    pub(crate) fn raw(&self) -> (&[u8], &[u32], &[u8]) {
+        (&self.bytes, &self.starts, &self.flags)
+    }
+}
+
+fn token_bytes(token: &str, decoding: &Decoding, inverse: &[i16; 324]) -> (Vec<u8>, u8) {
+    match decoding {
+        Decoding::ByteLevel => {
+            let mut out = Vec::with_capacity(token.len());
+            for ch in token.chars() {
+                match inverse.get(ch as usize).copied().filter(|b| *b >= 0) {
+                    Some(b) => out.push(b as u8),
+                    // Not a byte-level character: the token is literal text (some vocabularies
+                    // carry such entries); take it as written.
+                    None => return (token.as_bytes().to_vec(), KNOWN),
+                }
+            }
+            let flags = if out.first() == Some(&b' ') { KNOWN | WORD_START } else { KNOWN };
+            (out, flags)
+        }
+        Decoding::SentencePiece { replacement, byte_fallback } => {
+            if *byte_fallback {
+                if let Some(b) = byte_fallback_piece(token) {
+                    return (vec![b], KNOWN);
+                }
+            }
+            let mut out = Vec::with_capacity(token.len());
+            let mut buf = [0u8; 4];
+            for ch in token.chars() {
+                if ch == *replacement {
+                    out.push(b' ');
+                } else {
+                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+            let flags = if token.starts_with(*replacement) { KNOWN | WORD_START } else { KNOWN };
+            (out, flags)
+        }
+        Decoding::WordPiece { prefix } => match token.strip_prefix(prefix.as_str()) {
+            Some(rest) if !rest.is_empty() => (rest.as_bytes().to_vec(), KNOWN),
+            _ => {
+                let mut out = Vec::with_capacity(token.len() + 1);
+                out.push(b' ');
+                out.extend_from_slice(token.as_bytes());
+                (out, KNOWN | WORD_START)
+            }
+        },
+    }
+}
+
+/// `<0xNN>` -> the byte `NN`.
+fn byte_fallback_piece(token: &str) -> Option<u8> {
+    let hex = token.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// Token ids of the table, for tests and tools: `id -> bytes` for every known id.
+pub fn known_ids(vocab: &Vocab) -> impl Iterator<Item = u32> + '_ {
+    vocab
+        .flags
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| **f & KNOWN != 0)
+        .map(|(i, _)| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_map_round_trips_all_bytes() {
+        let inv = byte_level_inverse();
+        let mut seen = [false; 256];
+        for b in inv.iter().filter(|b| **b >= 0) {
+            assert!(!seen[*b as usize]);
+            seen[*b as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+        assert_eq!(inv['Ġ' as usize], b' ' as i16);
+        assert_eq!(inv['Ċ' as usize], b'\n' as i16);
+        assert_eq!(inv['A' as usize], b'A' as i16);
+    }
+
+    #[test]
+    fn byte_fallback_pieces() {
+        assert_eq!(byte_fallback_piece("<0x0A>"), Some(b'\n'));
+        assert_eq!(byte_fallback_piece("<0xFF>"), Some(0xff));
+        assert_eq!(byte_fallback_piece("<0x0>"), None);
+        assert_eq!(byte_fallback_piece("0x0A"), None);
+    }
+
+    #[test]
+    fn unknown_decoder_is_named() {
+        let json = r#"{"model": {"type": "BPE", "vocab": {"a</w>": 0}, "merges": []},
+                       "decoder": {"type": "CTC", "pad_token": "<pad>", "word_delimiter_token": "|", "cleanup": true}}"#;
+        let err = Vocab::from_json(json).unwrap_err();
+        assert!(err.to_string().contains("CTC"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_json_is_an_error() {
+        assert!(matches!(Vocab::from_json("{\"model\": "), Err(Error::TokenizerJson(_))));
+        assert!(matches!(Vocab::from_json("[]"), Err(Error::TokenizerJson(_))));
+    }
+
+    #[test]
+    fn unigram_list_vocab() {
+        let json = r#"{"model": {"type": "Unigram", "vocab": [["<unk>", 0.0], ["▁a", -1.0], ["b", -2.0]], "unk_id": 0},
+                       "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true},
+                       "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true}}"#;
+        let v = Vocab::from_json(json).unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v.token_bytes(1), Some(&b" a"[..]));
+        assert_eq!(v.phantom(), PhantomScheme::Always);
+    }
+
+    #[test]
+    fn cache_returns_same_table() {
+        let json = r#"{"model": {"type": "BPE", "vocab": {"x": 0}, "merges": []}, "decoder": {"type": "ByteLevel"}}"#;
+        let a = Vocab::cached_from_json(json).unwrap();
+        let b = Vocab::cached_from_json(json).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+}
