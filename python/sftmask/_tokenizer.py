@@ -1,0 +1,129 @@
+"""Resolve whatever the user passed as a tokenizer into what the Rust core needs.
+
+Accepted: a transformers fast tokenizer (``PreTrainedTokenizerFast``), a ``tokenizers.Tokenizer``,
+or a path to a ``tokenizer.json`` file or to a folder holding one (plus, optionally, its
+``tokenizer_config.json`` for the pad token and padding side).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from sftmask._core import Vocab
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What the collator needs to know about a tokenizer."""
+
+    vocab: Vocab
+    pad_token_id: Optional[int]
+    padding_side: str
+    eos_token_id: Optional[int]
+    json: Optional[str] = None
+
+
+# Building the JSON text of a big tokenizer costs ~0.1 s; remember the table per tokenizer
+# object, so a second collator on the same tokenizer is free. Weakly keyed where the object
+# allows it (transformers tokenizers); `tokenizers.Tokenizer` does not, so a few of those are
+# kept in a small identity-keyed list.
+_weak_cache: weakref.WeakKeyDictionary[Any, tuple[int, Vocab]] = weakref.WeakKeyDictionary()
+_strong_cache: list[tuple[Any, int, Vocab]] = []
+_STRONG_CACHE_SIZE = 4
+_cache_lock = threading.Lock()
+
+
+def _cached_vocab(owner: Any, backend: Any) -> Vocab:
+    size = backend.get_vocab_size(with_added_tokens=True)
+    with _cache_lock:
+        try:
+            hit = _weak_cache.get(owner)
+        except TypeError:
+            hit = next(((s, v) for o, s, v in _strong_cache if o is owner), None)
+    if hit is not None and hit[0] == size:
+        return hit[1]
+    vocab = Vocab.from_json(backend.to_str())
+    with _cache_lock:
+        try:
+            _weak_cache[owner] = (size, vocab)
+        except TypeError:
+            _strong_cache[:] = [e for e in _strong_cache if e[0] is not owner][-(_STRONG_CACHE_SIZE - 1) :]
+            _strong_cache.append((owner, size, vocab))
+    return vocab
+
+
+def resolve(tokenizer: Any) -> TokenizerInfo:
+    """Builds the byte table and reads pad/eos ids and padding side from ``tokenizer``.
+
+    >>> info = resolve("path/to/tokenizer.json")  # doctest: +SKIP
+    >>> info.vocab
+    Vocab(size=151665, decoding="byte_level", phantom="never")
+    """
+    if tokenizer is None:
+        raise TypeError(
+            "a tokenizer is required: pass tokenizer=… (a transformers fast tokenizer, a "
+            "tokenizers.Tokenizer, or a path to tokenizer.json)"
+        )
+    if isinstance(tokenizer, (str, os.PathLike)):
+        return _from_path(Path(tokenizer))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # transformers PreTrainedTokenizerFast
+        return TokenizerInfo(
+            vocab=_cached_vocab(tokenizer, backend),
+            pad_token_id=getattr(tokenizer, "pad_token_id", None),
+            padding_side=getattr(tokenizer, "padding_side", "right") or "right",
+            eos_token_id=getattr(tokenizer, "eos_token_id", None),
+        )
+    if hasattr(tokenizer, "to_str") and hasattr(tokenizer, "get_vocab_size"):  # tokenizers.Tokenizer
+        padding = getattr(tokenizer, "padding", None) or {}
+        return TokenizerInfo(
+            vocab=_cached_vocab(tokenizer, tokenizer),
+            pad_token_id=padding.get("pad_id"),
+            padding_side=str(padding.get("direction", "right")).lower(),
+            eos_token_id=None,
+        )
+    if hasattr(tokenizer, "convert_tokens_to_ids"):
+        raise TypeError(
+            f"{type(tokenizer).__name__} is a slow (pure Python) tokenizer; sftmask reads the "
+            "tokenizer.json of a fast one: load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
+        )
+    raise TypeError(
+        "tokenizer must be a transformers fast tokenizer, a tokenizers.Tokenizer, or a path to "
+        f"tokenizer.json, got {type(tokenizer).__name__}"
+    )
+
+
+def _from_path(path: Path) -> TokenizerInfo:
+    folder = path if path.is_dir() else path.parent
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no tokenizer.json at {file}")
+    text = file.read_text(encoding="utf-8")
+    vocab = Vocab.from_json(text)
+    pad_id = eos_id = None
+    side = "right"
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+        side = cfg.get("padding_side", "right") or "right"
+        pad_id = _token_id(vocab, cfg.get("pad_token"))
+        eos_id = _token_id(vocab, cfg.get("eos_token"))
+    if pad_id is None:
+        padding = json.loads(text).get("padding") or {}
+        pad_id = padding.get("pad_id")
+        side = str(padding.get("direction", side) or side).lower()
+    return TokenizerInfo(vocab=vocab, pad_token_id=pad_id, padding_side=side, eos_token_id=eos_id, json=text)
+
+
+def _token_id(vocab: Vocab, token: Any) -> Optional[int]:
+    if isinstance(token, dict):  # {"content": "<pad>", ...} in older configs
+        token = token.get("content")
+    if not isinstance(token, str):
+        return None
+    return vocab.token_id(token)

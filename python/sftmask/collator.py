@@ -1,0 +1,313 @@
+"""The drop-in replacement for TRL's ``DataCollatorForCompletionOnlyLM``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from sftmask import _tokenizer
+from sftmask._core import Masker
+
+Template = Union[str, Sequence[int]]
+
+# transformers' DataCollatorForLanguageModeling fields that TRL's class accepted through
+# **kwargs and that have no meaning for completion-only masking: accepted and ignored.
+_IGNORED_PARENT_FIELDS = (
+    "mlm_probability",
+    "mask_replace_prob",
+    "random_replace_prob",
+    "tf_experimental_compile",
+    "seed",
+    "whole_word_mask",
+)
+
+
+@dataclass(frozen=True)
+class CollatorStats:
+    """Totals over every batch a collator has made (``collator.stats``).
+
+    >>> collator.stats  # doctest: +SKIP
+    CollatorStats(examples=64, rows_without_template=0, tokens=51200, trained_tokens=20480, ...)
+    """
+
+    examples: int
+    rows_without_template: int
+    tokens: int
+    trained_tokens: int
+    straddling_tokens: int
+
+    @property
+    def trained_fraction(self) -> float:
+        """Trained tokens over all tokens (0.0 before the first batch)."""
+        return self.trained_tokens / self.tokens if self.tokens else 0.0
+
+
+def _is_id_sequence(obj: Any) -> bool:
+    if isinstance(obj, np.ndarray):
+        return obj.ndim == 1
+    return isinstance(obj, (list, tuple)) and all(
+        isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in obj
+    )
+
+
+def _instruction_list(instruction_template: Any) -> list[Template]:
+    """``None``, one template (str or ids), or a list of templates -> a list of templates."""
+    if instruction_template is None:
+        return []
+    if isinstance(instruction_template, str) or _is_id_sequence(instruction_template):
+        return [instruction_template]
+    if isinstance(instruction_template, (list, tuple)):
+        out = list(instruction_template)
+        for t in out:
+            if not (isinstance(t, str) or _is_id_sequence(t)):
+                raise TypeError(
+                    "instruction_template must be a str, a list of token ids, or a list of those; "
+                    f"got an item of type {type(t).__name__}"
+                )
+        return out
+    raise TypeError(f"instruction_template must be a str or a list, got {type(instruction_template).__name__}")
+
+
+_torch = None
+
+
+def _to_torch(arrays: dict[str, Any]) -> dict[str, Any]:
+    global _torch
+    if _torch is None:
+        try:
+            import torch
+        except ImportError as e:  # pragma: no cover - exercised only without torch
+            raise ImportError(
+                "return_tensors='pt' needs PyTorch; install it or pass return_tensors='np'"
+            ) from e
+        _torch = torch
+    return {k: _torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
+
+
+class DataCollatorForCompletionOnlyLM:
+    """Pads a batch and masks every label that is not the assistant's response.
+
+    A drop-in for ``trl.DataCollatorForCompletionOnlyLM`` (TRL ≤ 0.19.1): same constructor,
+    same output keys, but templates are found in the text itself (exact byte spans of the
+    tokens), so context-dependent tokenization never drops an example.
+
+    >>> from sftmask import DataCollatorForCompletionOnlyLM
+    >>> collator = DataCollatorForCompletionOnlyLM(
+    ...     "<|im_start|>assistant\\n", tokenizer=tokenizer)  # doctest: +SKIP
+    >>> batch = collator([{"input_ids": ids} for ids in rows])  # doctest: +SKIP
+    >>> batch["labels"].shape  # doctest: +SKIP
+    torch.Size([8, 1024])
+
+    Args:
+        response_template: the text (or token ids) that starts every assistant turn.
+        instruction_template: the text (or ids) that starts a user turn, or a list of such
+            templates (user, system, tool headers). With it, every assistant turn is trained;
+            without it, only the text after the last response template.
+        tokenizer: a transformers fast tokenizer, a ``tokenizers.Tokenizer``, or a path to
+            ``tokenizer.json`` (positionally after the templates, as in TRL).
+        mlm: must be False (kept for TRL's signature).
+        ignore_index: label of masked tokens.
+        padding_free: flatten the batch into one row with ``position_ids`` and
+            ``cu_seq_lens_q/k`` (1-D int32) instead of padding.
+        pad_to_multiple_of: round the padded length up to a multiple of this.
+        return_tensors: ``"pt"`` (torch tensors sharing the arrays' memory) or ``"np"``.
+        compat: ``"exact"`` (default). ``"trl"`` will reproduce TRL 0.19.1 bit for bit.
+        on_missing: what to do with a row without a response template: ``"warn"`` (one
+            warning per batch), ``"error"`` or ``"ignore"``. Its labels are ignored in any case.
+        train_on: ``"all"`` assistant turns or only the ``"last"`` (with instruction templates).
+        num_threads: threads for large batches (default: ``RAYON_NUM_THREADS`` or all CPUs).
+        pad_token_id: overrides the tokenizer's pad token.
+        padding_side: ``"right"`` or ``"left"``; defaults to the tokenizer's.
+    """
+
+    def __init__(
+        self,
+        response_template: Template,
+        instruction_template: Optional[Union[Template, Sequence[Template]]] = None,
+        *args: Any,
+        mlm: bool = False,
+        ignore_index: int = -100,
+        padding_free: bool = False,
+        compat: str = "exact",
+        on_missing: str = "warn",
+        train_on: str = "all",
+        num_threads: Optional[int] = None,
+        pad_token_id: Optional[int] = None,
+        padding_side: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        # TRL passed *args/**kwargs to transformers' dataclass, whose first field is the tokenizer.
+        if args:
+            if "tokenizer" in kwargs:
+                raise TypeError("tokenizer given both positionally and as a keyword")
+            kwargs["tokenizer"] = args[0]
+            if len(args) > 1:
+                raise TypeError(
+                    "only the tokenizer may follow the templates positionally; pass other options by keyword"
+                )
+        tokenizer = kwargs.pop("tokenizer", None)
+        pad_to_multiple_of = kwargs.pop("pad_to_multiple_of", None)
+        return_tensors = kwargs.pop("return_tensors", "pt")
+        for name in _IGNORED_PARENT_FIELDS:
+            kwargs.pop(name, None)
+        if kwargs:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+        if mlm:
+            raise ValueError("mlm=True is not supported: completion-only masking is for causal LM training")
+        if compat != "exact":
+            if compat == "trl":
+                raise NotImplementedError("compat='trl' is not implemented yet; use compat='exact'")
+            raise ValueError(f"compat must be 'exact' or 'trl', got {compat!r}")
+        if on_missing not in ("warn", "error", "ignore"):
+            raise ValueError(f"on_missing must be 'warn', 'error' or 'ignore', got {on_missing!r}")
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
+            raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+        if isinstance(response_template, str) and not response_template:
+            raise ValueError("response_template is empty")
+
+        info = _tokenizer.resolve(tokenizer)
+        side = padding_side if padding_side is not None else info.padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        pad = pad_token_id if pad_token_id is not None else info.pad_token_id
+        if pad is None and not padding_free:
+            raise ValueError(
+                "the tokenizer has no pad token, and padding needs one. Fix it with "
+                "sftmask.ensure_pad_token(tokenizer, model) (reuses a reserved token such as "
+                "Llama-3's <|finetune_right_pad_id|>), or pass pad_token_id=…, or use padding_free=True"
+            )
+
+        self.tokenizer = tokenizer
+        self.response_template = response_template
+        self.instruction_template = instruction_template
+        self.mlm = mlm
+        self.ignore_index = ignore_index
+        self.padding_free = padding_free
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.return_tensors = return_tensors
+        self.compat = compat
+        self.on_missing = on_missing
+        self.train_on = train_on
+        self.num_threads = num_threads
+        self.pad_token_id = pad
+        self.padding_side = side
+        self.eos_token_id = info.eos_token_id
+        self._vocab = info.vocab
+        self._masker = Masker(
+            info.vocab,
+            response_template,
+            _instruction_list(instruction_template),
+            ignore_index=ignore_index,
+            train_on=train_on,
+        )
+
+    # -- calling -----------------------------------------------------------------------------
+
+    def __call__(self, examples: Sequence[Any], return_tensors: Optional[str] = None) -> dict[str, Any]:
+        """Collates ``examples`` (dicts with ``input_ids``, or id sequences) into a batch."""
+        rt = return_tensors or self.return_tensors
+        if rt not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {rt!r}")
+        arrays, (rows, _tokens, _trained, _straddling, missing) = self._masker.collate(
+            examples,
+            pad_token_id=self.pad_token_id,
+            padding_side=self.padding_side,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            padding_free=self.padding_free,
+            num_threads=self.num_threads,
+        )
+        if missing and self.on_missing != "ignore":
+            self._report_missing(missing, rows)
+        return _to_torch(arrays) if rt == "pt" else arrays
+
+    def torch_call(self, examples: Sequence[Any]) -> dict[str, Any]:
+        """TRL/transformers name for ``collator(examples, return_tensors="pt")``."""
+        return self(examples, return_tensors="pt")
+
+    def numpy_call(self, examples: Sequence[Any]) -> dict[str, Any]:
+        """``collator(examples, return_tensors="np")`` (masked, unlike TRL's)."""
+        return self(examples, return_tensors="np")
+
+    def _report_missing(self, missing: list[int], rows: int) -> None:
+        template = self.response_template
+        if self.on_missing == "error":
+            raise ValueError(
+                f"row {missing[0]}: response template {template!r} not found "
+                f"({len(missing)} of {rows} rows in this batch lack it); check the template, "
+                "or whether truncation (max_length) cut it off"
+            )
+        shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
+        warnings.warn(
+            f"{len(missing)} of {rows} examples in this batch have no response template {template!r} "
+            f"(rows {shown}); all their labels are {self.ignore_index}, so they do not train. "
+            "If this happens often, check the template or increase max_length.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+    # -- inspection --------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> CollatorStats:
+        """Totals over every batch this collator has made."""
+        rows, missing, tokens, trained, straddling = self._masker.totals
+        return CollatorStats(rows, missing, tokens, trained, straddling)
+
+    def trained_text(self, example: Any) -> list[str]:
+        """The trained parts of one example, as strings (for assertions in tests).
+
+        >>> collator.trained_text(tokenizer.apply_chat_template(chat))  # doctest: +SKIP
+        ['Paris.<|im_end|>']
+        """
+        from sftmask.render import trained_text
+
+        return trained_text(self, example)
+
+    def render(self, example: Any) -> Any:
+        """Shows one example with trained tokens highlighted (HTML in Jupyter, ANSI in a terminal)."""
+        from sftmask.render import render
+
+        return render(self, example)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(response_template={self.response_template!r}, "
+            f"instruction_template={self.instruction_template!r}, padding_free={self.padding_free}, "
+            f"compat={self.compat!r}, train_on={self.train_on!r}, pad_token_id={self.pad_token_id})"
+        )
+
+    # -- pickling (DataLoader workers with spawn, datasets.map) ------------------------------
+
+    _STATE = (
+        "tokenizer",
+        "response_template",
+        "instruction_template",
+        "mlm",
+        "ignore_index",
+        "padding_free",
+        "pad_to_multiple_of",
+        "return_tensors",
+        "compat",
+        "on_missing",
+        "train_on",
+        "num_threads",
+        "pad_token_id",
+        "padding_side",
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        tokenizer = state.pop("tokenizer")
+        response = state.pop("response_template")
+        instruction = state.pop("instruction_template")
+        self.__init__(response, instruction, tokenizer=tokenizer, **state)  # type: ignore[misc]
