@@ -149,10 +149,13 @@ impl PyVocab {
     /// The id of the token whose text is `content` (added/special tokens first), or None.
     fn token_id(&self, content: &str) -> Option<u32> {
         let want = content.as_bytes();
+        // WordPiece tables store added tokens as words, with their leading space.
+        let wordpiece = matches!(self.inner.decoding(), crate::Decoding::WordPiece { .. });
+        let is = |b: &[u8]| b == want || (wordpiece && b.len() == want.len() + 1 && b[0] == b' ' && &b[1..] == want);
         let ids = || crate::vocab::known_ids(&self.inner);
         ids()
-            .find(|&id| self.inner.is_added(id) && self.inner.token_bytes(id) == Some(want))
-            .or_else(|| ids().find(|&id| self.inner.token_bytes(id) == Some(want)))
+            .find(|&id| self.inner.is_added(id) && self.inner.token_bytes(id).is_some_and(is))
+            .or_else(|| ids().find(|&id| self.inner.token_bytes(id).is_some_and(is)))
     }
 
     /// The tokenizer's content normalization (e.g. NFC) applied to `text`.

@@ -47,10 +47,11 @@ pub(crate) const ADDED: u8 = 16;
 pub enum PhantomScheme {
     /// No phantom space (byte-level BPE, Gemma).
     Never,
-    /// Only at the very start of the text (Metaspace `prepend_scheme="first"`, Mistral v3).
+    /// Only at the very start of the text (Metaspace `prepend_scheme="first"`, Mistral v3;
+    /// WordPiece's word-start space).
     First,
     /// At the start of every segment: the text's start and after each special token
-    /// (Llama-2 legacy, Phi-3, Mistral v1, WordPiece's word-start space).
+    /// (Llama-2 legacy, Phi-3, Mistral v1).
     Always,
 }
 
@@ -287,7 +288,8 @@ fn decoding_of(file: &TokenizerFile) -> Result<Decoding> {
 
 fn phantom_of(file: &TokenizerFile, decoding: &Decoding) -> PhantomScheme {
     if let Decoding::WordPiece { .. } = decoding {
-        return PhantomScheme::Always;
+        // Only the very first word of the text has no space before it.
+        return PhantomScheme::First;
     }
     if let Some(pre) = file.pre_tokenizer.as_ref() {
         for p in leaves(pre) {
@@ -433,15 +435,23 @@ impl Vocab {
             per_id[*id as usize] = Some(token_bytes(token, &decoding, &inverse));
         }
         let prefixes = prefix_ids(file.post_processor.as_ref());
+        let wordpiece = matches!(decoding, Decoding::WordPiece { .. });
         for t in &file.added_tokens {
-            // Special tokens are matched on the raw text; so are added tokens marked
-            // `normalized: false`. Both end a segment (the next one may get a phantom `▁`).
-            let normalized = t.normalized.unwrap_or(!t.special);
-            let mut flags = KNOWN | ADDED;
-            if !normalized {
-                flags |= SPLITS;
-            }
-            per_id[t.id as usize] = Some((t.content.as_bytes().to_vec(), flags));
+            let entry = if wordpiece {
+                // WordPiece text reads like `decode` output: every token but a `##` piece is a
+                // word preceded by a space, special tokens included.
+                let mut b = Vec::with_capacity(t.content.len() + 1);
+                b.push(b' ');
+                b.extend_from_slice(t.content.as_bytes());
+                (b, KNOWN | ADDED | WORD_START)
+            } else {
+                // Special tokens are matched on the raw text; so are added tokens marked
+                // `normalized: false`. Both end a segment (the next one may get a phantom `▁`).
+                let normalized = t.normalized.unwrap_or(!t.special);
+                let flags = if normalized { KNOWN | ADDED } else { KNOWN | ADDED | SPLITS };
+                (t.content.as_bytes().to_vec(), flags)
+            };
+            per_id[t.id as usize] = Some(entry);
         }
         for id in prefixes {
             if let Some(Some((_, flags))) = per_id.get_mut(id as usize) {

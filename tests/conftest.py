@@ -1,0 +1,58 @@
+"""Shared fixtures: real tokenizers built offline from PyPI packages (tests/fixtures/)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from build_tokenizers import FAMILIES, fixture_info, tokenizer_path  # noqa: E402
+
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.register_profile(
+    "thorough",
+    deadline=None,
+    max_examples=1000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@functools.lru_cache(maxsize=None)
+def load_tokenizer(family: str):
+    """The ``tokenizers.Tokenizer`` of a test family."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tokenizer_path(family)))
+
+
+@functools.lru_cache(maxsize=None)
+def load_vocab(family: str):
+    """The sftmask byte table of a test family."""
+    from sftmask import Vocab
+
+    return Vocab.from_file(tokenizer_path(family))
+
+
+@functools.lru_cache(maxsize=None)
+def load_hf_tokenizer(family: str):
+    """The family as a transformers fast tokenizer, with its fixture's special tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    info = fixture_info(family)
+    kwargs = {k: info[k] for k in ("bos_token", "eos_token", "pad_token") if info.get(k)}
+    return PreTrainedTokenizerFast(tokenizer_object=load_tokenizer(family), **kwargs)
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
