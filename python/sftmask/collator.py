@@ -150,6 +150,11 @@ class DataCollatorForCompletionOnlyLM:
                     "only the tokenizer may follow the templates positionally; pass other options by keyword"
                 )
         tokenizer = kwargs.pop("tokenizer", None)
+        if tokenizer is None and hasattr(instruction_template, "backend_tokenizer"):
+            raise TypeError(
+                "the tokenizer was passed as instruction_template (second positional argument); "
+                "pass tokenizer=… or use TRL's order: (response_template, instruction_template, tokenizer)"
+            )
         pad_to_multiple_of = kwargs.pop("pad_to_multiple_of", None)
         return_tensors = kwargs.pop("return_tensors", "pt")
         for name in _IGNORED_PARENT_FIELDS:
