@@ -190,14 +190,25 @@ impl Batch {
         let ids = split_rows(&mut self.input_ids, &self.offsets, &self.lengths);
         let labels = split_rows(&mut self.labels, &self.offsets, &self.lengths);
         let (attention, positions) = match self.layout {
-            Layout::Padded { .. } => (split_rows(&mut self.attention_mask, &self.offsets, &self.lengths), Vec::new()),
-            Layout::Flat => (Vec::new(), split_rows(&mut self.position_ids, &self.offsets, &self.lengths)),
+            Layout::Padded { .. } => (
+                split_rows(&mut self.attention_mask, &self.offsets, &self.lengths),
+                Vec::new(),
+            ),
+            Layout::Flat => (
+                Vec::new(),
+                split_rows(&mut self.position_ids, &self.offsets, &self.lengths),
+            ),
         };
         let mut attention = attention.into_iter();
         let mut positions = positions.into_iter();
         ids.into_iter()
             .zip(labels)
-            .map(|(ids, labels)| RowMut { ids, labels, attention: attention.next(), positions: positions.next() })
+            .map(|(ids, labels)| RowMut {
+                ids,
+                labels,
+                attention: attention.next(),
+                positions: positions.next(),
+            })
             .collect()
     }
 }
@@ -222,14 +233,32 @@ mod tests {
 
     #[test]
     fn padded_right_and_left() {
-        let mut b = Batch::new(vec![1, 3], Layout::Padded { left: false, multiple_of: None }, 7, -1).unwrap();
+        let mut b = Batch::new(
+            vec![1, 3],
+            Layout::Padded {
+                left: false,
+                multiple_of: None,
+            },
+            7,
+            -1,
+        )
+        .unwrap();
         assert_eq!(b.shape(), (2, 3));
         assert_eq!(b.row_range(0), 0..1);
         assert_eq!(b.row_range(1), 3..6);
         let rows = b.rows_mut();
         assert_eq!(rows[0].ids.len(), 1);
         assert_eq!(rows[1].ids.len(), 3);
-        let b = Batch::new(vec![1, 3], Layout::Padded { left: true, multiple_of: Some(8) }, 7, -1).unwrap();
+        let b = Batch::new(
+            vec![1, 3],
+            Layout::Padded {
+                left: true,
+                multiple_of: Some(8),
+            },
+            7,
+            -1,
+        )
+        .unwrap();
         assert_eq!(b.shape(), (2, 8));
         assert_eq!(b.row_range(0), 7..8);
         assert_eq!(b.row_range(1), 13..16);
@@ -249,6 +278,15 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!(Batch::new(vec![], Layout::Flat, 0, 0).unwrap_err(), Error::EmptyBatch);
-        assert!(Batch::new(vec![1], Layout::Padded { left: false, multiple_of: Some(0) }, 0, 0).is_err());
+        assert!(Batch::new(
+            vec![1],
+            Layout::Padded {
+                left: false,
+                multiple_of: Some(0)
+            },
+            0,
+            0
+        )
+        .is_err());
     }
 }

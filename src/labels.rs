@@ -33,10 +33,19 @@ pub struct RowStats {
 /// assert_eq!(labels, [-100, -100, 2]);
 /// assert_eq!(stats.trained, 1);
 /// ```
-pub fn fill_labels(ids: &[i64], text: &SearchText, regions: &[Region], ignore_index: i64, labels: &mut [i64]) -> RowStats {
+pub fn fill_labels(
+    ids: &[i64],
+    text: &SearchText,
+    regions: &[Region],
+    ignore_index: i64,
+    labels: &mut [i64],
+) -> RowStats {
     debug_assert_eq!(ids.len(), text.len());
     debug_assert_eq!(ids.len(), labels.len());
-    let mut stats = RowStats { tokens: ids.len() as u64, ..RowStats::default() };
+    let mut stats = RowStats {
+        tokens: ids.len() as u64,
+        ..RowStats::default()
+    };
     if regions.is_empty() {
         labels.fill(ignore_index);
         return stats;

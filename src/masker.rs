@@ -110,7 +110,12 @@ impl Masker {
             .map(|t| template_bytes(&vocab, t, "instruction"))
             .collect::<Result<Vec<_>>>()?;
         let templates = Templates::new(response, instructions)?;
-        Ok(Masker { vocab, templates, ignore_index, train_on })
+        Ok(Masker {
+            vocab,
+            templates,
+            ignore_index,
+            train_on,
+        })
     }
 
     /// The byte table.
@@ -179,7 +184,9 @@ impl Masker {
         }
         for (r, (src, &len)) in sources.iter().zip(batch.lengths()).enumerate() {
             if src.len().is_some_and(|n| n != len) {
-                return Err(Error::InvalidArgument(format!("row {r}: source length does not match the batch")));
+                return Err(Error::InvalidArgument(format!(
+                    "row {r}: source length does not match the batch"
+                )));
             }
         }
         let flat = matches!(batch.layout(), Layout::Flat);
@@ -223,10 +230,17 @@ impl Masker {
             }),
             None => {
                 let mut scratch = Scratch::default();
-                rows.into_iter().zip(sources.iter()).enumerate().map(|item| work(&mut scratch, item)).collect()
+                rows.into_iter()
+                    .zip(sources.iter())
+                    .enumerate()
+                    .map(|item| work(&mut scratch, item))
+                    .collect()
             }
         };
-        let mut stats = BatchStats { rows: batch.rows() as u64, ..BatchStats::default() };
+        let mut stats = BatchStats {
+            rows: batch.rows() as u64,
+            ..BatchStats::default()
+        };
         for (r, res) in results.into_iter().enumerate() {
             let s = res?;
             stats.tokens += s.tokens;
@@ -251,9 +265,11 @@ fn template_bytes(vocab: &Vocab, template: &Template, what: &'static str) -> Res
         Template::Ids(ids) => {
             let mut text = SearchText::default();
             text.build(vocab, ids, 0).map_err(|e| match e {
-                Error::NegativeId { id, .. } | Error::IdOutOfVocab { id, .. } => {
-                    Error::TemplateIdOutOfVocab { what, id, vocab_size: vocab.len() }
-                }
+                Error::NegativeId { id, .. } | Error::IdOutOfVocab { id, .. } => Error::TemplateIdOutOfVocab {
+                    what,
+                    id,
+                    vocab_size: vocab.len(),
+                },
                 other => other,
             })?;
             text.bytes().to_vec()

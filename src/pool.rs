@@ -62,6 +62,10 @@ pub fn try_get(threads: usize) -> Option<Arc<ThreadPool>> {
         .build()
         .ok()?;
     let pool = Arc::new(pool);
-    pools.push(Entry { pid, threads, pool: Arc::clone(&pool) });
+    pools.push(Entry {
+        pid,
+        threads,
+        pool: Arc::clone(&pool),
+    });
     Some(pool)
 }

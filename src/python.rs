@@ -10,8 +10,7 @@ use std::sync::Arc;
 
 use numpy::ndarray::Array2;
 use numpy::{
-    IntoPyArray, PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1,
-    PyUntypedArray, PyUntypedArrayMethods,
+    IntoPyArray, PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -33,6 +32,9 @@ create_exception!(
     PyRuntimeError,
     "A bug in sftmask (a Rust panic was caught). Please report it with the input that caused it."
 );
+
+/// Per-call counts returned to Python: (rows, tokens, trained, straddling, missing_rows).
+type CallStats = (u64, u64, u64, u64, Vec<usize>);
 
 /// Core error -> Python exception.
 struct CoreErr(Error);
@@ -185,7 +187,10 @@ pub struct PyMasker {
 #[pymethods]
 impl PyMasker {
     #[new]
-    #[pyo3(signature = (vocab, response_template, instruction_templates = None, *, ignore_index = -100, train_on = "all"))]
+    #[pyo3(
+        signature = (vocab, response_template, instruction_templates = None, *, ignore_index = -100, train_on = "all"),
+        text_signature = "(vocab, response_template, instruction_templates=None, *, ignore_index=-100, train_on='all')"
+    )]
     fn new(
         vocab: &PyVocab,
         response_template: &Bound<'_, PyAny>,
@@ -197,7 +202,9 @@ impl PyMasker {
             "all" => TrainOn::All,
             "last" => TrainOn::Last,
             other => {
-                return Err(PyValueError::new_err(format!("train_on must be 'all' or 'last', got {other:?}")));
+                return Err(PyValueError::new_err(format!(
+                    "train_on must be 'all' or 'last', got {other:?}"
+                )));
             }
         };
         let response = template_arg(response_template, "response_template")?;
@@ -233,7 +240,12 @@ impl PyMasker {
     /// The instruction templates as bytes of the searchable text.
     #[getter]
     fn instruction_templates<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
-        self.inner.templates().instructions().iter().map(|t| PyBytes::new(py, t)).collect()
+        self.inner
+            .templates()
+            .instructions()
+            .iter()
+            .map(|t| PyBytes::new(py, t))
+            .collect()
     }
 
     /// Totals since this masker was made: (rows, rows_without_template, tokens, trained, straddling).
@@ -263,7 +275,7 @@ impl PyMasker {
         pad_to_multiple_of: Option<usize>,
         padding_free: bool,
         num_threads: Option<usize>,
-    ) -> PyResult<(Bound<'py, PyDict>, (u64, u64, u64, u64, Vec<usize>))> {
+    ) -> PyResult<(Bound<'py, PyDict>, CallStats)> {
         let left = match padding_side {
             "right" => false,
             "left" => true,
@@ -286,7 +298,10 @@ impl PyMasker {
         let layout = if padding_free {
             Layout::Flat
         } else {
-            Layout::Padded { left, multiple_of: pad_to_multiple_of }
+            Layout::Padded {
+                left,
+                multiple_of: pad_to_multiple_of,
+            }
         };
         let pad = match (pad_token_id, layout) {
             (Some(p), _) => p,
@@ -323,7 +338,8 @@ impl PyMasker {
         drop(sources);
 
         self.rows.fetch_add(stats.rows, Ordering::Relaxed);
-        self.missing.fetch_add(stats.missing_rows.len() as u64, Ordering::Relaxed);
+        self.missing
+            .fetch_add(stats.missing_rows.len() as u64, Ordering::Relaxed);
         self.tokens.fetch_add(stats.tokens, Ordering::Relaxed);
         self.trained.fetch_add(stats.trained, Ordering::Relaxed);
         self.straddling.fetch_add(stats.straddling, Ordering::Relaxed);
@@ -349,7 +365,16 @@ impl PyMasker {
             out.set_item("attention_mask", to_2d(std::mem::take(&mut batch.attention_mask))?)?;
             out.set_item("labels", to_2d(std::mem::take(&mut batch.labels))?)?;
         }
-        Ok((out, (stats.rows, stats.tokens, stats.trained, stats.straddling, stats.missing_rows)))
+        Ok((
+            out,
+            (
+                stats.rows,
+                stats.tokens,
+                stats.trained,
+                stats.straddling,
+                stats.missing_rows,
+            ),
+        ))
     }
 
     /// Masks one example and returns what went into it: a dict with `text` (bytes), `ends`
@@ -362,7 +387,11 @@ impl PyMasker {
         out.set_item("text", PyBytes::new(py, &seen.text))?;
         out.set_item("ends", seen.ends)?;
         out.set_item("regions", seen.regions)?;
-        let occ: Vec<(u32, u32, bool)> = seen.occurrences.iter().map(|o| (o.start, o.end, o.is_response)).collect();
+        let occ: Vec<(u32, u32, bool)> = seen
+            .occurrences
+            .iter()
+            .map(|o| (o.start, o.end, o.is_response))
+            .collect();
         out.set_item("occurrences", occ)?;
         out.set_item("labels", seen.labels.into_pyarray(py))?;
         out.set_item("found", seen.stats.found)?;
@@ -371,7 +400,6 @@ impl PyMasker {
         Ok(out)
     }
 }
-
 
 // ---------------------------------------------------------------------------------------------
 
@@ -512,19 +540,20 @@ fn ids_source<'py>(ids: Bound<'py, PyAny>, row: usize, may_convert: bool) -> PyR
         if kind == b'i' || kind == b'u' {
             if let Ok(a) = ids.cast::<PyArray1<i64>>() {
                 if a.is_c_contiguous() {
-                    return Ok(Source::A64(a.try_readonly().map_err(|e| PyValueError::new_err(e.to_string()))?));
+                    return Ok(Source::A64(
+                        a.try_readonly().map_err(|e| PyValueError::new_err(e.to_string()))?,
+                    ));
                 }
             } else if let Ok(a) = ids.cast::<PyArray1<i32>>() {
                 if a.is_c_contiguous() {
-                    return Ok(Source::A32(a.try_readonly().map_err(|e| PyValueError::new_err(e.to_string()))?));
+                    return Ok(Source::A32(
+                        a.try_readonly().map_err(|e| PyValueError::new_err(e.to_string()))?,
+                    ));
                 }
             }
             if kind == b'u' && dtype.itemsize() == 8 {
                 // uint64 may hold values int64 cannot; check before converting.
-                let too_big: bool = ids
-                    .call_method0("max")
-                    .and_then(|m| m.gt(i64::MAX))
-                    .unwrap_or(false);
+                let too_big: bool = ids.call_method0("max").and_then(|m| m.gt(i64::MAX)).unwrap_or(false);
                 if too_big {
                     return Err(PyValueError::new_err(format!(
                         "row {row}: input_ids holds a uint64 value beyond int64; such an id is in no vocabulary"
@@ -535,7 +564,9 @@ fn ids_source<'py>(ids: Bound<'py, PyAny>, row: usize, may_convert: bool) -> PyR
             let np = ids.py().import("numpy")?;
             let converted = np.call_method1("ascontiguousarray", (&ids, np.getattr("int64")?))?;
             let a = converted.cast::<PyArray1<i64>>()?.clone();
-            return Ok(Source::A64(a.try_readonly().map_err(|e| PyValueError::new_err(e.to_string()))?));
+            return Ok(Source::A64(
+                a.try_readonly().map_err(|e| PyValueError::new_err(e.to_string()))?,
+            ));
         }
         return Err(PyTypeError::new_err(format!(
             "row {row}: input_ids must hold integers, got an array of dtype {}",
@@ -567,7 +598,10 @@ fn ids_source<'py>(ids: Bound<'py, PyAny>, row: usize, may_convert: bool) -> PyR
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// One id from a Python object; exact ints take the fast path, bools are refused.
@@ -600,7 +634,9 @@ fn id_from(item: &Bound<'_, PyAny>, row: usize, position: usize) -> PyResult<i64
 
 fn copy_list(list: &Bound<'_, PyList>, out: &mut [i64], row: usize) -> PyResult<()> {
     if list.len() != out.len() {
-        return Err(PyValueError::new_err(format!("row {row}: the list changed size while being read")));
+        return Err(PyValueError::new_err(format!(
+            "row {row}: the list changed size while being read"
+        )));
     }
     for (position, slot) in out.iter_mut().enumerate() {
         let item = list.get_item(position)?;

@@ -47,11 +47,17 @@ impl Templates {
     /// an instruction template equals the response template.
     pub fn new(response: Vec<u8>, instructions: Vec<Vec<u8>>) -> Result<Self> {
         if response.is_empty() {
-            return Err(Error::EmptyTemplate { what: "response", template: "''".into() });
+            return Err(Error::EmptyTemplate {
+                what: "response",
+                template: "''".into(),
+            });
         }
         for ins in &instructions {
             if ins.is_empty() {
-                return Err(Error::EmptyTemplate { what: "instruction", template: "''".into() });
+                return Err(Error::EmptyTemplate {
+                    what: "instruction",
+                    template: "''".into(),
+                });
             }
             if *ins == response {
                 return Err(Error::InvalidArgument(format!(
@@ -71,7 +77,12 @@ impl Templates {
                 .map_err(|e| Error::InvalidArgument(format!("cannot build the template finder: {e}")))?;
             Some(ac)
         };
-        Ok(Templates { response, instructions, finder, multi })
+        Ok(Templates {
+            response,
+            instructions,
+            finder,
+            multi,
+        })
     }
 
     /// The response template's bytes.
@@ -134,8 +145,14 @@ mod tests {
 
     #[test]
     fn empty_and_equal_templates_rejected() {
-        assert!(matches!(Templates::new(vec![], vec![]), Err(Error::EmptyTemplate { .. })));
-        assert!(matches!(Templates::new(b"x".to_vec(), vec![vec![]]), Err(Error::EmptyTemplate { .. })));
+        assert!(matches!(
+            Templates::new(vec![], vec![]),
+            Err(Error::EmptyTemplate { .. })
+        ));
+        assert!(matches!(
+            Templates::new(b"x".to_vec(), vec![vec![]]),
+            Err(Error::EmptyTemplate { .. })
+        ));
         assert!(matches!(
             Templates::new(b"x".to_vec(), vec![b"x".to_vec()]),
             Err(Error::InvalidArgument(_))

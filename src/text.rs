@@ -106,7 +106,12 @@ fn bad_id(id: i64, row: usize, position: usize, size: usize) -> Error {
     if id < 0 {
         Error::NegativeId { row, position, id }
     } else {
-        Error::IdOutOfVocab { row, position, id, vocab_size: size }
+        Error::IdOutOfVocab {
+            row,
+            position,
+            id,
+            vocab_size: size,
+        }
     }
 }
 
@@ -156,7 +161,11 @@ mod tests {
         let v = spm("first");
         assert_eq!(text(&v, &[4]).0, b"Hi");
         assert_eq!(text(&v, &[1, 4]).0, b"<s>Hi", "BOS from the post-processor is not text");
-        assert_eq!(text(&v, &[8, 4]).0, b"<|user|> Hi", "a special token in the text starts it");
+        assert_eq!(
+            text(&v, &[8, 4]).0,
+            b"<|user|> Hi",
+            "a special token in the text starts it"
+        );
         assert_eq!(text(&v, &[1, 8, 4]).0, b"<s><|user|> Hi");
         assert_eq!(text(&v, &[4, 8, 4]).0, b"Hi<|user|> Hi");
     }
@@ -173,11 +182,20 @@ mod tests {
         let mut t = SearchText::default();
         assert_eq!(
             t.build(&v, &[4, -1], 3),
-            Err(Error::NegativeId { row: 3, position: 1, id: -1 })
+            Err(Error::NegativeId {
+                row: 3,
+                position: 1,
+                id: -1
+            })
         );
         assert_eq!(
             t.build(&v, &[4, 4, 9], 0),
-            Err(Error::IdOutOfVocab { row: 0, position: 2, id: 9, vocab_size: 9 })
+            Err(Error::IdOutOfVocab {
+                row: 0,
+                position: 2,
+                id: 9,
+                vocab_size: 9
+            })
         );
     }
 }

@@ -254,7 +254,9 @@ fn decoding_of(file: &TokenizerFile) -> Result<Decoding> {
         }
         if let Some(w) = parts.iter().find(|p| type_of(p) == "WordPiece") {
             let prefix = w.get("prefix").and_then(Value::as_str).unwrap_or("##");
-            return Ok(Decoding::WordPiece { prefix: prefix.to_owned() });
+            return Ok(Decoding::WordPiece {
+                prefix: prefix.to_owned(),
+            });
         }
         let names: Vec<&str> = parts.iter().map(|p| type_of(p)).collect();
         return Err(Error::UnsupportedTokenizer(format!(
@@ -277,7 +279,11 @@ fn decoding_of(file: &TokenizerFile) -> Result<Decoding> {
     }
     match file.model.kind.as_deref() {
         Some("WordPiece") => Ok(Decoding::WordPiece {
-            prefix: file.model.continuing_subword_prefix.clone().unwrap_or_else(|| "##".into()),
+            prefix: file
+                .model
+                .continuing_subword_prefix
+                .clone()
+                .unwrap_or_else(|| "##".into()),
         }),
         other => Err(Error::UnsupportedTokenizer(format!(
             "tokenizer.json has no decoder, and its model ({}) and pre-tokenizer do not say how tokens map to text",
@@ -317,7 +323,10 @@ fn phantom_of(file: &TokenizerFile, decoding: &Decoding) -> PhantomScheme {
     }
     if let Some(norm) = file.normalizer.as_ref() {
         let prepends = leaves(norm).iter().any(|n| {
-            type_of(n) == "Prepend" && n.get("prepend").and_then(Value::as_str).is_some_and(|s| s.starts_with(['▁', ' ']))
+            type_of(n) == "Prepend"
+                && n.get("prepend")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s.starts_with(['▁', ' ']))
         });
         if prepends {
             return PhantomScheme::Always;
@@ -386,7 +395,7 @@ fn template_normalizers(norm: Option<&Value>) -> Result<Vec<NormalizerWrapper>> 
 fn content_hash(json: &str) -> u64 {
     // SipHash with fixed keys: stable within and across processes, so it can key a cache.
     #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new_with_keys(0x5f74_6d61_736b, 0x7366_746d_6173_6b);
+    let mut h = std::hash::SipHasher::new_with_keys(0x5f74_6d61_736b, 0x0073_6674_6d61_736b);
     json.hash(&mut h);
     h.finish()
 }
@@ -425,7 +434,9 @@ impl Vocab {
             return Err(Error::TokenizerJson("the vocabulary is empty".into()));
         }
         if size > 16 << 20 {
-            return Err(Error::TokenizerJson(format!("a vocabulary of {size} ids is implausibly large")));
+            return Err(Error::TokenizerJson(format!(
+                "a vocabulary of {size} ids is implausibly large"
+            )));
         }
 
         // Per id: its bytes (built below) and flags.
@@ -448,7 +459,11 @@ impl Vocab {
                 // Special tokens are matched on the raw text; so are added tokens marked
                 // `normalized: false`. Both end a segment (the next one may get a phantom `▁`).
                 let normalized = t.normalized.unwrap_or(!t.special);
-                let flags = if normalized { KNOWN | ADDED } else { KNOWN | ADDED | SPLITS };
+                let flags = if normalized {
+                    KNOWN | ADDED
+                } else {
+                    KNOWN | ADDED | SPLITS
+                };
                 (t.content.as_bytes().to_vec(), flags)
             };
             per_id[t.id as usize] = Some(entry);
@@ -461,7 +476,9 @@ impl Vocab {
 
         let total: usize = per_id.iter().flatten().map(|(b, _)| b.len()).sum();
         if total > u32::MAX as usize / 2 {
-            return Err(Error::TokenizerJson("the vocabulary's text is implausibly large".into()));
+            return Err(Error::TokenizerJson(
+                "the vocabulary's text is implausibly large".into(),
+            ));
         }
         let mut bytes = Vec::with_capacity(total);
         let mut starts = Vec::with_capacity(size + 1);
@@ -586,10 +603,17 @@ fn token_bytes(token: &str, decoding: &Decoding, inverse: &[i16; 324]) -> (Vec<u
                     None => return (token.as_bytes().to_vec(), KNOWN),
                 }
             }
-            let flags = if out.first() == Some(&b' ') { KNOWN | WORD_START } else { KNOWN };
+            let flags = if out.first() == Some(&b' ') {
+                KNOWN | WORD_START
+            } else {
+                KNOWN
+            };
             (out, flags)
         }
-        Decoding::SentencePiece { replacement, byte_fallback } => {
+        Decoding::SentencePiece {
+            replacement,
+            byte_fallback,
+        } => {
             if *byte_fallback {
                 if let Some(b) = byte_fallback_piece(token) {
                     return (vec![b], KNOWN);
@@ -604,7 +628,11 @@ fn token_bytes(token: &str, decoding: &Decoding, inverse: &[i16; 324]) -> (Vec<u
                     out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
                 }
             }
-            let flags = if token.starts_with(*replacement) { KNOWN | WORD_START } else { KNOWN };
+            let flags = if token.starts_with(*replacement) {
+                KNOWN | WORD_START
+            } else {
+                KNOWN
+            };
             (out, flags)
         }
         Decoding::WordPiece { prefix } => match token.strip_prefix(prefix.as_str()) {

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from build_tokenizers import FAMILIES, fixture_info, tokenizer_path  # noqa: E402
+from build_tokenizers import FAMILIES, fixture_info, tokenizer_path
 
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -27,7 +27,7 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_tokenizer(family: str):
     """The ``tokenizers.Tokenizer`` of a test family."""
     from tokenizers import Tokenizer
@@ -35,7 +35,7 @@ def load_tokenizer(family: str):
     return Tokenizer.from_file(str(tokenizer_path(family)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_vocab(family: str):
     """The sftmask byte table of a test family."""
     from sftmask import Vocab
@@ -43,7 +43,7 @@ def load_vocab(family: str):
     return Vocab.from_file(tokenizer_path(family))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_hf_tokenizer(family: str):
     """The family as a transformers fast tokenizer, with its fixture's special tokens."""
     from transformers import PreTrainedTokenizerFast

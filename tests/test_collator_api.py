@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import pickle
 import subprocess
 import sys
@@ -12,14 +11,13 @@ import warnings
 
 import numpy as np
 import pytest
+import sftmask
 import torch
 from build_tokenizers import fixture_info, tokenizer_path
 from chat_formats import CHATML, PLAIN, render, truth_for
 from conftest import load_hf_tokenizer, load_tokenizer
-from transformers import BatchEncoding
-
-import sftmask
 from sftmask import DataCollatorForCompletionOnlyLM
+from transformers import BatchEncoding
 
 RESPONSE = CHATML.response
 INSTRUCTIONS = list(CHATML.instructions)
@@ -60,10 +58,12 @@ def test_tokenizer_forms_agree(qwen, rows, tmp_path):
     pad = fixture_info("qwen2")["pad_token_id"]
     outs = [
         DataCollatorForCompletionOnlyLM(RESPONSE, INSTRUCTIONS, tokenizer=qwen, padding_side="left")(examples),
-        DataCollatorForCompletionOnlyLM(RESPONSE, INSTRUCTIONS, load_tokenizer("qwen2"), pad_token_id=pad,
-                                        padding_side="left")(examples),
-        DataCollatorForCompletionOnlyLM(RESPONSE, INSTRUCTIONS, tokenizer=str(folder / "tokenizer.json"),
-                                        pad_token_id=pad, padding_side="left")(examples),
+        DataCollatorForCompletionOnlyLM(
+            RESPONSE, INSTRUCTIONS, load_tokenizer("qwen2"), pad_token_id=pad, padding_side="left"
+        )(examples),
+        DataCollatorForCompletionOnlyLM(
+            RESPONSE, INSTRUCTIONS, tokenizer=str(folder / "tokenizer.json"), pad_token_id=pad, padding_side="left"
+        )(examples),
         DataCollatorForCompletionOnlyLM(RESPONSE, INSTRUCTIONS, tokenizer=folder)(examples),
     ]
     for out in outs[1:]:
@@ -168,8 +168,9 @@ def test_input_forms_agree(qwen, rows):
         "int64 arrays": [np.asarray(ids, dtype=np.int64) for ids, _ in rows],
         "int32 arrays": [{"input_ids": np.asarray(ids, dtype=np.int32)} for ids, _ in rows],
         "uint32 arrays": [np.asarray(ids, dtype=np.uint32) for ids, _ in rows],
-        "strided arrays": [np.asarray(ids + ids, dtype=np.int64)[::2][: len(ids)] * 0 + np.asarray(ids)
-                           for ids, _ in rows],
+        "strided arrays": [
+            np.asarray(ids + ids, dtype=np.int64)[::2][: len(ids)] * 0 + np.asarray(ids) for ids, _ in rows
+        ],
         "torch tensors": [{"input_ids": torch.tensor(ids)} for ids, _ in rows],
         "BatchEncoding": [BatchEncoding({"input_ids": ids, "attention_mask": [1] * len(ids)}) for ids, _ in rows],
         "generator": ({"input_ids": ids} for ids, _ in rows),
@@ -196,8 +197,15 @@ def test_output_types_and_shapes(qwen, rows):
     for v in npy.values():
         assert isinstance(v, np.ndarray) and v.dtype == np.int64 and v.shape == (3, longest)
     flat = DataCollatorForCompletionOnlyLM(RESPONSE, tokenizer=qwen, padding_free=True)(examples)
-    assert set(flat) == {"input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
-                         "max_length_q", "max_length_k"}
+    assert set(flat) == {
+        "input_ids",
+        "labels",
+        "position_ids",
+        "cu_seq_lens_q",
+        "cu_seq_lens_k",
+        "max_length_q",
+        "max_length_k",
+    }
     assert flat["cu_seq_lens_q"].dtype == torch.int32 and flat["cu_seq_lens_q"].shape == (4,)
     assert isinstance(flat["max_length_q"], int) and flat["max_length_q"] == longest
     # torch_call / numpy_call, as transformers' collators have them.
@@ -322,7 +330,8 @@ def test_import_and_numpy_output_without_torch(tmp_path):
         "import sftmask\n"
         "c = sftmask.DataCollatorForCompletionOnlyLM('b', tokenizer=sys.argv[1], pad_token_id=0, return_tensors='np')\n"
         "print(type(c([[1, 2, 3]])['labels']).__name__)\n"
-        "try:\n    c([[1]], return_tensors='pt')\nexcept ImportError as e:\n    print('ImportError', 'PyTorch' in str(e))\n"
+        "try:\n    c([[1]], return_tensors='pt')\n"
+        "except ImportError as e:\n    print('ImportError', 'PyTorch' in str(e))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tokenizer_path("gpt2"))], capture_output=True, text=True, check=True

@@ -13,7 +13,6 @@ from chat_formats import FORMATS, PLAIN, render, truth_for
 from conftest import load_tokenizer
 from hypothesis import given
 from hypothesis import strategies as st
-
 from sftmask import DataCollatorForCompletionOnlyLM
 
 CHAT_FAMILIES = sorted(FORMATS)
@@ -21,9 +20,9 @@ CHAT_FAMILIES = sorted(FORMATS)
 # Message text: anything but the characters templates and special tokens are made of, so a
 # message never contains a template by accident. Starts with a newline or a space often:
 # that is where token-level matching breaks.
-_ALPHABET = st.characters(
-    blacklist_categories=("Cs", "Cc"), blacklist_characters="<>[]#|"
-) | st.sampled_from(list("\n\n\t  😀你好é"))
+_ALPHABET = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="<>[]#|") | st.sampled_from(
+    list("\n\n\t  😀你好é")
+)
 content = st.tuples(st.sampled_from(["", "", "\n", " ", "\n\n", "  ", "\t"]), st.text(_ALPHABET, max_size=40)).map(
     "".join
 )
@@ -150,7 +149,7 @@ def test_padding_free_matches_ground_truth(family, data):
     flat_truth, flat_ids, positions = [], [], []
     for ids, labels in truths:
         flat_ids += ids
-        flat_truth += ([-100] + labels[1:]) if labels else []
+        flat_truth += ([-100, *labels[1:]]) if labels else []
         positions += list(range(len(ids)))
     assert batch["input_ids"][0].tolist() == flat_ids
     assert batch["labels"][0].tolist() == flat_truth

@@ -17,7 +17,6 @@ from conftest import load_tokenizer, load_vocab
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-
 EXACT_FAMILIES = [f for f in FAMILIES if f != "bert"]
 
 _pieces = (

@@ -10,12 +10,11 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import sftmask
 import torch
 from build_tokenizers import fixture_info
 from chat_formats import FORMATS, PLAIN, render, truth_for
 from conftest import load_hf_tokenizer, load_tokenizer
-
-import sftmask
 
 trl = pytest.importorskip("trl", reason="TRL 0.19.1 is the oracle; .ci/run installs it")
 
@@ -79,7 +78,7 @@ def test_llama3_multi_turn_official_header():
     rows, truths = zip(*(truth_for(tok, render(LLAMA3, c), LLAMA3) for c in chats))
     labels, _ = trl_labels(load_hf_tokenizer("llama3"), LLAMA3.response, LLAMA3.instructions[0], list(rows))
     # TRL never sees the first turn's header, so the first answer is not trained.
-    first_answer = [i for i, t in enumerate(truths[0]) if t != -100][0]
+    first_answer = next(i for i, t in enumerate(truths[0]) if t != -100)
     assert labels[0][first_answer] == -100
     assert labels[0][: len(rows[0])].tolist() != list(truths[0])
     _, batch = ours("llama3", LLAMA3, list(rows))

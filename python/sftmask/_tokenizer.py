@@ -13,7 +13,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from sftmask._core import Vocab
 
@@ -23,10 +23,10 @@ class TokenizerInfo:
     """What the collator needs to know about a tokenizer."""
 
     vocab: Vocab
-    pad_token_id: Optional[int]
+    pad_token_id: int | None
     padding_side: str
-    eos_token_id: Optional[int]
-    json: Optional[str] = None
+    eos_token_id: int | None
+    json: str | None = None
 
 
 # Building the JSON text of a big tokenizer costs ~0.1 s; remember the table per tokenizer
@@ -121,7 +121,7 @@ def _from_path(path: Path) -> TokenizerInfo:
     return TokenizerInfo(vocab=vocab, pad_token_id=pad_id, padding_side=side, eos_token_id=eos_id, json=text)
 
 
-def _token_id(vocab: Vocab, token: Any) -> Optional[int]:
+def _token_id(vocab: Vocab, token: Any) -> int | None:
     if isinstance(token, dict):  # {"content": "<pad>", ...} in older configs
         token = token.get("content")
     if not isinstance(token, str):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Optional
 
 import numpy as np
 
@@ -93,18 +92,21 @@ def demo(args: argparse.Namespace) -> int:
         f"a padded numpy array alone: {tokens / t_floor / 1e6:.1f} M tokens/s ({t_collate / t_floor:.2f}x)"
     )
 
-    show = args.row if args.row is not None else next(
-        (i for i, r in enumerate(rows) if not _trl_style_found(r, template_ids)), 0
+    show = (
+        args.row
+        if args.row is not None
+        else next((i for i, r in enumerate(rows) if not _trl_style_found(r, template_ids)), 0)
     )
     view = collator.render(rows[show])
     print()
-    print(f"row {show} ([[…]] = trained; TRL-style matching {'finds' if _trl_style_found(rows[show], template_ids) else 'misses'} it):")
+    verdict = "finds" if _trl_style_found(rows[show], template_ids) else "misses"
+    print(f"row {show} ([[…]] = trained; TRL-style matching {verdict} it):")
     print(view)
     print(f"trained text: {collator.trained_text(rows[show])!r}")
     return 0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sftmask`` command."""
     parser = argparse.ArgumentParser(prog="sftmask", description="Exact completion-only label masking for SFT.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -81,9 +81,7 @@ def _to_torch(arrays: dict[str, Any]) -> dict[str, Any]:
         try:
             import torch
         except ImportError as e:  # pragma: no cover - exercised only without torch
-            raise ImportError(
-                "return_tensors='pt' needs PyTorch; install it or pass return_tensors='np'"
-            ) from e
+            raise ImportError("return_tensors='pt' needs PyTorch; install it or pass return_tensors='np'") from e
         _torch = torch
     return {k: _torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
 
@@ -127,7 +125,7 @@ class DataCollatorForCompletionOnlyLM:
     def __init__(
         self,
         response_template: Template,
-        instruction_template: Optional[Union[Template, Sequence[Template]]] = None,
+        instruction_template: Template | Sequence[Template] | None = None,
         *args: Any,
         mlm: bool = False,
         ignore_index: int = -100,
@@ -135,9 +133,9 @@ class DataCollatorForCompletionOnlyLM:
         compat: str = "exact",
         on_missing: str = "warn",
         train_on: str = "all",
-        num_threads: Optional[int] = None,
-        pad_token_id: Optional[int] = None,
-        padding_side: Optional[str] = None,
+        num_threads: int | None = None,
+        pad_token_id: int | None = None,
+        padding_side: str | None = None,
         **kwargs: Any,
     ) -> None:
         # TRL passed *args/**kwargs to transformers' dataclass, whose first field is the tokenizer.
@@ -216,7 +214,7 @@ class DataCollatorForCompletionOnlyLM:
 
     # -- calling -----------------------------------------------------------------------------
 
-    def __call__(self, examples: Sequence[Any], return_tensors: Optional[str] = None) -> dict[str, Any]:
+    def __call__(self, examples: Sequence[Any], return_tensors: str | None = None) -> dict[str, Any]:
         """Collates ``examples`` (dicts with ``input_ids``, or id sequences) into a batch."""
         rt = return_tensors or self.return_tensors
         if rt not in ("pt", "np"):
