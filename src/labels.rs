@@ -15,6 +15,8 @@ pub struct RowStats {
     pub straddling: u64,
     /// Whether a response template was found (set by the caller, which saw the search).
     pub found: bool,
+    /// Whether the instruction template was found (`compat="trl"` only; always true otherwise).
+    pub instruction_found: bool,
 }
 
 /// Writes the labels of one example: `ids[i]` where token `i` is trained, `ignore_index`

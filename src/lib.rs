@@ -6,7 +6,8 @@
 //! [`vocab`] (token id -> bytes, built once per tokenizer) -> [`text`] (an example's searchable
 //! bytes and per-token spans) -> [`search`] (template occurrences) -> [`regions`] (which bytes
 //! are the response) -> [`labels`] (the overlap rule) -> [`batch`] (pad or flatten into the
-//! output buffers), driven row by row by [`masker`] on a fork-safe pool ([`pool`]).
+//! output buffers), driven row by row by [`masker`] on a fork-safe pool ([`pool`]). [`trl`] holds
+//! TRL 0.19.1's token-level rule for `compat="trl"`.
 //! The optional `python` feature adds the PyO3 binding (`src/python.rs`), the only module that
 //! knows about Python.
 //!
@@ -30,6 +31,7 @@ pub mod pool;
 pub mod regions;
 pub mod search;
 pub mod text;
+pub mod trl;
 pub mod vocab;
 
 #[cfg(feature = "python")]

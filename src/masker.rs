@@ -12,6 +12,7 @@ use crate::pool;
 use crate::regions::{regions, Region, TrainOn};
 use crate::search::{Occurrence, Templates};
 use crate::text::SearchText;
+use crate::trl;
 use crate::vocab::Vocab;
 
 /// Below this many tokens a batch is masked on the calling thread: waking the pool costs more
@@ -40,6 +41,8 @@ pub struct BatchStats {
     pub straddling: u64,
     /// Rows in which no response template was found (all their labels are `ignore_index`).
     pub missing_rows: Vec<usize>,
+    /// `compat="trl"` only: rows in which the instruction template was not found.
+    pub missing_instruction_rows: Vec<usize>,
 }
 
 /// Everything about one example, for rendering and tests.
@@ -85,9 +88,22 @@ struct Scratch {
 #[derive(Debug, Clone)]
 pub struct Masker {
     vocab: Arc<Vocab>,
-    templates: Templates,
+    mode: Mode,
     ignore_index: i64,
-    train_on: TrainOn,
+}
+
+/// How templates are found: in the text (exact) or as token ids (TRL 0.19.1).
+#[derive(Debug, Clone)]
+enum Mode {
+    Exact {
+        templates: Box<Templates>,
+        train_on: TrainOn,
+    },
+    Trl {
+        response: Vec<i64>,
+        instruction: Option<Vec<i64>>,
+        pad_token_id: Option<i64>,
+    },
 }
 
 impl Masker {
@@ -112,20 +128,103 @@ impl Masker {
         let templates = Templates::new(response, instructions)?;
         Ok(Masker {
             vocab,
-            templates,
+            mode: Mode::Exact {
+                templates: Box::new(templates),
+                train_on,
+            },
             ignore_index,
-            train_on,
         })
+    }
+
+    /// Builds a masker that reproduces TRL 0.19.1 (`compat="trl"`): templates are token ids
+    /// (TRL tokenizes string templates alone, which the caller does), searched in the ids with
+    /// `pad_token_id` masked.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sftmask::{Masker, Vocab};
+    /// let json = r#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2}, "merges": []},
+    ///                "decoder": {"type": "ByteLevel"}}"#;
+    /// let masker = Masker::trl(Arc::new(Vocab::from_json(json).unwrap()), vec![1], None, Some(0), -100).unwrap();
+    /// assert_eq!(masker.inspect(&[2, 1, 2]).unwrap().labels, vec![-100, -100, 2]);
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::EmptyTemplate`] / [`Error::TemplateIdOutOfVocab`].
+    pub fn trl(
+        vocab: Arc<Vocab>,
+        response: Vec<i64>,
+        instruction: Option<Vec<i64>>,
+        pad_token_id: Option<i64>,
+        ignore_index: i64,
+    ) -> Result<Self> {
+        let check = |ids: &[i64], what: &'static str| -> Result<()> {
+            if ids.is_empty() {
+                return Err(Error::EmptyTemplate {
+                    what,
+                    template: "[]".into(),
+                });
+            }
+            let unknown = |id: i64| u32::try_from(id).ok().and_then(|i| vocab.token_bytes(i)).is_none();
+            match ids.iter().find(|&&id| unknown(id)) {
+                Some(&id) => Err(Error::TemplateIdOutOfVocab {
+                    what,
+                    id,
+                    vocab_size: vocab.len(),
+                }),
+                None => Ok(()),
+            }
+        };
+        check(&response, "response")?;
+        if let Some(ins) = &instruction {
+            check(ins, "instruction")?;
+        }
+        Ok(Masker {
+            vocab,
+            mode: Mode::Trl {
+                response,
+                instruction,
+                pad_token_id,
+            },
+            ignore_index,
+        })
+    }
+
+    /// `true` for a `compat="trl"` masker.
+    pub fn is_trl(&self) -> bool {
+        matches!(self.mode, Mode::Trl { .. })
+    }
+
+    /// The label of padding positions: `ignore_index`, or -100 under TRL (its parent collator
+    /// hard-codes it).
+    pub fn padding_label(&self) -> i64 {
+        match self.mode {
+            Mode::Exact { .. } => self.ignore_index,
+            Mode::Trl { .. } => -100,
+        }
+    }
+
+    /// The response template and the instruction templates, as bytes of the searchable text.
+    pub fn template_texts(&self) -> (Vec<u8>, Vec<Vec<u8>>) {
+        match &self.mode {
+            Mode::Exact { templates, .. } => (templates.response().to_vec(), templates.instructions().to_vec()),
+            Mode::Trl {
+                response, instruction, ..
+            } => {
+                let bytes = |ids: &[i64]| {
+                    let mut t = SearchText::default();
+                    t.build(&self.vocab, ids, 0)
+                        .map(|()| t.bytes().to_vec())
+                        .unwrap_or_default()
+                };
+                (bytes(response), instruction.iter().map(|i| bytes(i)).collect())
+            }
+        }
     }
 
     /// The byte table.
     pub fn vocab(&self) -> &Arc<Vocab> {
         &self.vocab
-    }
-
-    /// The templates, as bytes of the searchable text.
-    pub fn templates(&self) -> &Templates {
-        &self.templates
     }
 
     /// The label of masked tokens.
@@ -134,19 +233,48 @@ impl Masker {
     }
 
     fn mask_row(&self, ids: &[i64], labels: &mut [i64], scratch: &mut Scratch, row: usize) -> Result<RowStats> {
+        // Both modes validate the ids through the table (the text also feeds `inspect`).
         scratch.text.build(&self.vocab, ids, row)?;
-        let text = scratch.text.bytes();
-        self.templates.find(text, &mut scratch.occurrences);
-        regions(
-            &scratch.occurrences,
-            text.len() as u32,
-            self.templates.has_instructions(),
-            self.train_on,
-            &mut scratch.regions,
-        );
-        let mut stats = fill_labels(ids, &scratch.text, &scratch.regions, self.ignore_index, labels);
-        stats.found = scratch.occurrences.iter().any(|o| o.is_response);
-        Ok(stats)
+        match &self.mode {
+            Mode::Exact { templates, train_on } => {
+                let text = scratch.text.bytes();
+                templates.find(text, &mut scratch.occurrences);
+                regions(
+                    &scratch.occurrences,
+                    text.len() as u32,
+                    templates.has_instructions(),
+                    *train_on,
+                    &mut scratch.regions,
+                );
+                let mut stats = fill_labels(ids, &scratch.text, &scratch.regions, self.ignore_index, labels);
+                stats.found = scratch.occurrences.iter().any(|o| o.is_response);
+                stats.instruction_found = true;
+                Ok(stats)
+            }
+            Mode::Trl {
+                response,
+                instruction,
+                pad_token_id,
+            } => {
+                scratch.occurrences.clear();
+                scratch.regions.clear();
+                let out = trl::mask_row(
+                    ids,
+                    labels,
+                    response,
+                    instruction.as_deref(),
+                    *pad_token_id,
+                    self.ignore_index,
+                );
+                Ok(RowStats {
+                    tokens: ids.len() as u64,
+                    trained: labels.iter().filter(|&&l| l != self.ignore_index && l != -100).count() as u64,
+                    straddling: 0,
+                    found: out.response_found,
+                    instruction_found: out.instruction_found,
+                })
+            }
+        }
     }
 
     /// Masks one example and returns everything that went into it.
@@ -249,10 +377,18 @@ impl Masker {
             if !s.found {
                 stats.missing_rows.push(r);
             }
+            if !s.instruction_found {
+                stats.missing_instruction_rows.push(r);
+            }
         }
         if flat {
             // Recount: the first label of each row was masked after counting.
-            stats.trained = batch.labels.iter().filter(|&&l| l != self.ignore_index).count() as u64;
+            let pad = self.padding_label();
+            stats.trained = batch
+                .labels
+                .iter()
+                .filter(|&&l| l != self.ignore_index && l != pad)
+                .count() as u64;
         }
         Ok(stats)
     }

@@ -33,8 +33,9 @@ create_exception!(
     "A bug in sftmask (a Rust panic was caught). Please report it with the input that caused it."
 );
 
-/// Per-call counts returned to Python: (rows, tokens, trained, straddling, missing_rows).
-type CallStats = (u64, u64, u64, u64, Vec<usize>);
+/// Per-call counts returned to Python:
+/// (rows, tokens, trained, straddling, missing_rows, missing_instruction_rows).
+type CallStats = (u64, u64, u64, u64, Vec<usize>, Vec<usize>);
 
 /// Core error -> Python exception.
 struct CoreErr(Error);
@@ -188,8 +189,8 @@ pub struct PyMasker {
 impl PyMasker {
     #[new]
     #[pyo3(
-        signature = (vocab, response_template, instruction_templates = None, *, ignore_index = -100, train_on = "all"),
-        text_signature = "(vocab, response_template, instruction_templates=None, *, ignore_index=-100, train_on='all')"
+        signature = (vocab, response_template, instruction_templates = None, *, ignore_index = -100, train_on = "all", compat = "exact", pad_token_id = None),
+        text_signature = "(vocab, response_template, instruction_templates=None, *, ignore_index=-100, train_on='all', compat='exact', pad_token_id=None)"
     )]
     fn new(
         vocab: &PyVocab,
@@ -197,6 +198,8 @@ impl PyMasker {
         instruction_templates: Option<&Bound<'_, PyAny>>,
         ignore_index: i64,
         train_on: &str,
+        compat: &str,
+        pad_token_id: Option<i64>,
     ) -> PyResult<Self> {
         let train_on = match train_on {
             "all" => TrainOn::All,
@@ -214,13 +217,32 @@ impl PyMasker {
                 instructions.push(template_arg(&item?, "instruction_template")?);
             }
         }
-        let inner = Box::new(core(Masker::new(
-            Arc::clone(&vocab.inner),
-            &response,
-            &instructions,
-            ignore_index,
-            train_on,
-        ))?);
+        let vocab = Arc::clone(&vocab.inner);
+        let masker = match compat {
+            "exact" => Masker::new(vocab, &response, &instructions, ignore_index, train_on),
+            "trl" => {
+                let ids = |t: Template, name: &str| match t {
+                    Template::Ids(ids) => Ok(ids),
+                    Template::Text(_) => Err(PyTypeError::new_err(format!(
+                        "compat='trl' takes {name} as token ids (TRL tokenizes a string template alone)"
+                    ))),
+                };
+                if instructions.len() > 1 {
+                    return Err(PyValueError::new_err(
+                        "compat='trl' takes at most one instruction template, as TRL 0.19.1 does",
+                    ));
+                }
+                let response = ids(response, "response_template")?;
+                let instruction = instructions.pop().map(|t| ids(t, "instruction_template")).transpose()?;
+                Masker::trl(vocab, response, instruction, pad_token_id, ignore_index)
+            }
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "compat must be 'exact' or 'trl', got {other:?}"
+                )))
+            }
+        };
+        let inner = Box::new(core(masker)?);
         Ok(PyMasker {
             inner,
             rows: AtomicU64::new(0),
@@ -234,15 +256,15 @@ impl PyMasker {
     /// The response template as bytes of the searchable text.
     #[getter]
     fn response_template<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, self.inner.templates().response())
+        PyBytes::new(py, &self.inner.template_texts().0)
     }
 
     /// The instruction templates as bytes of the searchable text.
     #[getter]
     fn instruction_templates<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
         self.inner
-            .templates()
-            .instructions()
+            .template_texts()
+            .1
             .iter()
             .map(|t| PyBytes::new(py, t))
             .collect()
@@ -313,7 +335,7 @@ impl PyMasker {
                 ));
             }
         };
-        let mut batch = core(Batch::new(lengths, layout, pad, self.inner.ignore_index()))?;
+        let mut batch = core(Batch::new(lengths, layout, pad, self.inner.padding_label()))?;
         // Python lists are read now, with the GIL, straight into the output; arrays are borrowed
         // and copied in the parallel phase below.
         for (r, src) in sources.iter().enumerate() {
@@ -373,6 +395,7 @@ impl PyMasker {
                 stats.trained,
                 stats.straddling,
                 stats.missing_rows,
+                stats.missing_instruction_rows,
             ),
         ))
     }

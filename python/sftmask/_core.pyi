@@ -80,6 +80,8 @@ class Masker:
         *,
         ignore_index: int = -100,
         train_on: Literal["all", "last"] = "all",
+        compat: Literal["exact", "trl"] = "exact",
+        pad_token_id: int | None = None,
     ) -> Masker: ...
     @property
     def response_template(self) -> bytes:
@@ -102,10 +104,12 @@ class Masker:
         pad_to_multiple_of: int | None = None,
         padding_free: bool = False,
         num_threads: int | None = None,
-    ) -> tuple[dict[str, npt.NDArray[np.int64] | npt.NDArray[np.int32] | int], tuple[int, int, int, int, list[int]]]:
+    ) -> tuple[
+        dict[str, npt.NDArray[np.int64] | npt.NDArray[np.int32] | int], tuple[int, int, int, int, list[int], list[int]]
+    ]:
         """Pads (or flattens) a batch and masks its labels.
 
-        Returns ``(arrays, (rows, tokens, trained, straddling, missing_rows))``.
+        Returns ``(arrays, (rows, tokens, trained, straddling, missing_rows, missing_instruction_rows))``.
         """
 
     def inspect(self, ids: _Ids) -> dict[str, Any]:

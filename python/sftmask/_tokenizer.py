@@ -11,9 +11,10 @@ import json
 import os
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sftmask._core import Vocab
 
@@ -127,3 +128,44 @@ def _token_id(vocab: Vocab, token: Any) -> int | None:
     if not isinstance(token, str):
         return None
     return vocab.token_id(token)
+
+
+def template_encoder(tokenizer: Any, info: TokenizerInfo) -> Callable[[str], list[int]]:
+    """How TRL tokenizes a string template: alone, without special tokens."""
+    if hasattr(tokenizer, "backend_tokenizer"):
+        return lambda text: list(tokenizer.encode(text, add_special_tokens=False))
+    if hasattr(tokenizer, "to_str"):
+        return lambda text: list(tokenizer.encode(text, add_special_tokens=False).ids)
+    from sftmask._core import Encoder
+
+    encoder = Encoder.from_json(info.json if info.json is not None else "")
+    return lambda text: encoder.encode_batch([text], add_special_tokens=False)[0]
+
+
+def _ids_list(example: Any) -> list[int]:
+    ids = example["input_ids"] if isinstance(example, Mapping) else example
+    return [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+
+
+def decode_padded_rows(collator: Any, examples: list[Any], rows: list[int]) -> dict[int, str]:
+    """The text of some rows as TRL's warnings show it: the padded row, decoded (cold path)."""
+    all_ids = [_ids_list(e) for e in examples]
+    width = max(map(len, all_ids), default=0)
+    if collator.pad_to_multiple_of:
+        m = collator.pad_to_multiple_of
+        width = (width + m - 1) // m * m
+    pad = collator.pad_token_id
+    tokenizer = collator.tokenizer
+    out = {}
+    for i in rows:
+        ids = all_ids[i]
+        if pad is not None:
+            fill = [pad] * (width - len(ids))
+            ids = fill + ids if collator.padding_side == "left" else ids + fill
+        if hasattr(tokenizer, "backend_tokenizer"):
+            out[i] = tokenizer.decode(ids)
+        elif hasattr(tokenizer, "to_str"):
+            out[i] = tokenizer.decode(ids, skip_special_tokens=False)
+        else:
+            out[i] = collator._vocab.text(ids)[0].decode("utf-8", "replace")
+    return out

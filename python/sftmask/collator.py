@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -113,7 +113,9 @@ class DataCollatorForCompletionOnlyLM:
             ``cu_seq_lens_q/k`` (1-D int32) instead of padding.
         pad_to_multiple_of: round the padded length up to a multiple of this.
         return_tensors: ``"pt"`` (torch tensors sharing the arrays' memory) or ``"np"``.
-        compat: ``"exact"`` (default). ``"trl"`` will reproduce TRL 0.19.1 bit for bit.
+        compat: ``"exact"`` (default), or ``"trl"`` to reproduce TRL 0.19.1 bit for bit (its
+            token-level search, pairing, pad-id masking, per-row warnings and padding-free
+            shapes), e.g. to prove that switching changes nothing on a dataset.
         on_missing: what to do with a row without a response template: ``"warn"`` (one
             warning per batch), ``"error"`` or ``"ignore"``. Its labels are ignored in any case.
         train_on: ``"all"`` assistant turns or only the ``"last"`` (with instruction templates).
@@ -161,9 +163,7 @@ class DataCollatorForCompletionOnlyLM:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
         if mlm:
             raise ValueError("mlm=True is not supported: completion-only masking is for causal LM training")
-        if compat != "exact":
-            if compat == "trl":
-                raise NotImplementedError("compat='trl' is not implemented yet; use compat='exact'")
+        if compat not in ("exact", "trl"):
             raise ValueError(f"compat must be 'exact' or 'trl', got {compat!r}")
         if on_missing not in ("warn", "error", "ignore"):
             raise ValueError(f"on_missing must be 'warn', 'error' or 'ignore', got {on_missing!r}")
@@ -204,12 +204,41 @@ class DataCollatorForCompletionOnlyLM:
         self.padding_side = side
         self.eos_token_id = info.eos_token_id
         self._vocab = info.vocab
-        self._masker = Masker(
+        if compat == "trl":
+            self._masker = self._trl_masker(tokenizer, info, response_template, instruction_template, pad)
+        else:
+            self._masker = Masker(
+                info.vocab,
+                response_template,
+                _instruction_list(instruction_template),
+                ignore_index=ignore_index,
+                train_on=train_on,
+            )
+
+    def _trl_masker(self, tokenizer: Any, info: Any, response: Any, instruction: Any, pad: Any) -> Masker:
+        """TRL tokenizes string templates alone (no special tokens) and searches those ids."""
+        if instruction is not None and not (isinstance(instruction, str) or _is_id_sequence(instruction)):
+            raise TypeError("compat='trl' takes one instruction template (a str or token ids), as TRL 0.19.1 does")
+        if instruction is not None and pad is not None and pad == info.eos_token_id:
+            warnings.warn(
+                "The pad_token_id and eos_token_id values of this tokenizer are identical. If you are planning for "
+                "multi-turn training, it can result in the model continuously generating questions and answers "
+                "without eos token. To avoid this, set the pad_token_id to a different value.",
+                UserWarning,
+                stacklevel=3,
+            )
+        encode = _tokenizer.template_encoder(tokenizer, info)
+        response_ids = encode(response) if isinstance(response, str) else list(response)
+        instruction_ids = None
+        if instruction is not None:
+            instruction_ids = [encode(instruction) if isinstance(instruction, str) else list(instruction)]
+        return Masker(
             info.vocab,
-            response_template,
-            _instruction_list(instruction_template),
-            ignore_index=ignore_index,
-            train_on=train_on,
+            response_ids,
+            instruction_ids,
+            ignore_index=self.ignore_index,
+            compat="trl",
+            pad_token_id=pad,
         )
 
     # -- calling -----------------------------------------------------------------------------
@@ -219,7 +248,9 @@ class DataCollatorForCompletionOnlyLM:
         rt = return_tensors or self.return_tensors
         if rt not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {rt!r}")
-        arrays, (rows, _tokens, _trained, _straddling, missing) = self._masker.collate(
+        if self.compat == "trl" and not isinstance(examples, list):
+            examples = list(examples)
+        arrays, (rows, _tokens, _trained, _straddling, missing, missing_instruction) = self._masker.collate(
             examples,
             pad_token_id=self.pad_token_id,
             padding_side=self.padding_side,
@@ -227,9 +258,49 @@ class DataCollatorForCompletionOnlyLM:
             padding_free=self.padding_free,
             num_threads=self.num_threads,
         )
-        if missing and self.on_missing != "ignore":
+        if self.compat == "trl":
+            arrays = self._trl_shapes(arrays, examples)
+            if (missing or missing_instruction) and self.on_missing != "ignore":
+                self._report_missing_trl(missing, missing_instruction, examples)
+        elif missing and self.on_missing != "ignore":
             self._report_missing(missing, rows)
         return _to_torch(arrays) if rt == "pt" else arrays
+
+    def _trl_shapes(self, arrays: dict[str, Any], examples: list[Any]) -> dict[str, Any]:
+        """TRL 0.19.1's output conventions, where they differ from ours."""
+        if self.padding_free:
+            # [1, n+1] (trl#3243), with no entry for an empty row (TRL finds starts by position 0).
+            cu = np.unique(arrays["cu_seq_lens_q"]).reshape(1, -1)
+            longest = np.array([arrays["max_length_q"]], dtype=np.int64)  # a 1-element tensor
+            arrays.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+        elif examples and not isinstance(examples[0], Mapping):
+            # transformers' list path (_torch_collate_batch) returns no attention mask.
+            del arrays["attention_mask"]
+        return arrays
+
+    def _report_missing_trl(self, missing: list[int], missing_instruction: list[int], examples: list[Any]) -> None:
+        """TRL's per-row warnings, in its order and words (the text is the padded row, decoded)."""
+        rows = sorted(set(missing) | set(missing_instruction))
+        if self.on_missing == "error":
+            raise ValueError(f"row {rows[0]}: template not found (compat='trl')")
+        texts = _tokenizer.decode_padded_rows(self, examples, rows)
+        for i in rows:
+            if i in missing:
+                warnings.warn(
+                    f"Could not find response key `{self.response_template}` in the following instance: "
+                    f"{texts[i]}. This instance will be ignored in loss calculation. Note, if this happens often, "
+                    "consider increasing the `max_length`.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            if i in missing_instruction:
+                warnings.warn(
+                    f"Could not find instruction key `{self.instruction_template}` in the following instance: "
+                    f"{texts[i]}. This instance will be ignored in loss calculation. Note, if this happens often, "
+                    "consider increasing the `max_length`.",
+                    UserWarning,
+                    stacklevel=4,
+                )
 
     def torch_call(self, examples: Sequence[Any]) -> dict[str, Any]:
         """TRL/transformers name for ``collator(examples, return_tensors="pt")``."""
