@@ -169,16 +169,27 @@ def expected_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[
     return out
 
 
-def truth_for(tok, text: str, fmt: ChatFormat, *, instructions: bool = True, train_on: str = "all", keep=None):
-    """(ids, expected labels) for ``text`` encoded without added special tokens, optionally
-    truncated to the first ``keep`` tokens."""
+def encode(tok, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and character offsets of ``text`` encoded without added special tokens."""
     enc = tok.encode(text, add_special_tokens=False)
-    ids, offsets = list(enc.ids), list(enc.offsets)
     # SentencePiece-style tokenizers put a lone `▁` after special tokens that is not in the text;
     # the tokenizer reports it with the *next* character's offsets. Its real width is zero.
     offsets = [
-        (s, s) if token == "\u2581" and text[s:e] != " " else (s, e) for token, (s, e) in zip(enc.tokens, offsets)
+        (s, s) if token == "\u2581" and text[s:e] != " " else (s, e) for token, (s, e) in zip(enc.tokens, enc.offsets)
     ]
+    return list(enc.ids), offsets
+
+
+def kept_text(tok, text: str, keep: int) -> str:
+    """The part of ``text`` that the first ``keep`` tokens stand for."""
+    _, offsets = encode(tok, text)
+    return text[: max((e for _, e in offsets[:keep]), default=0)]
+
+
+def truth_for(tok, text: str, fmt: ChatFormat, *, instructions: bool = True, train_on: str = "all", keep=None):
+    """(ids, expected labels) for ``text`` encoded without added special tokens, optionally
+    truncated to the first ``keep`` tokens."""
+    ids, offsets = encode(tok, text)
     if keep is not None:
         ids, offsets = ids[:keep], offsets[:keep]
         text = text[: max((e for _, e in offsets), default=0)]

@@ -11,13 +11,14 @@ import warnings
 
 import numpy as np
 import pytest
-import sftmask
 import torch
+from transformers import BatchEncoding
+
+import sftmask
 from build_tokenizers import fixture_info, tokenizer_path
 from chat_formats import CHATML, PLAIN, render, truth_for
 from conftest import load_hf_tokenizer, load_tokenizer
 from sftmask import DataCollatorForCompletionOnlyLM
-from transformers import BatchEncoding
 
 RESPONSE = CHATML.response
 INSTRUCTIONS = list(CHATML.instructions)

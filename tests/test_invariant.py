@@ -12,10 +12,11 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
-from build_tokenizers import FAMILIES, fixture_info
-from conftest import load_tokenizer, load_vocab
 from hypothesis import example, given
 from hypothesis import strategies as st
+
+from build_tokenizers import FAMILIES, fixture_info
+from conftest import load_tokenizer, load_vocab
 
 EXACT_FAMILIES = [f for f in FAMILIES if f != "bert"]
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import warnings
 
 import pytest
-import sftmask
 import torch
+
+import sftmask
 from build_tokenizers import fixture_info
 from chat_formats import FORMATS, PLAIN, render, truth_for
 from conftest import load_hf_tokenizer, load_tokenizer
