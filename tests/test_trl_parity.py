@@ -58,13 +58,27 @@ def batches(draw, pad_id: int, eos_id: int, min_len: int):
     return rows
 
 
-def run(factory, examples):
+def user_warnings(fn):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        collator = factory()
-        batch = collator(examples)
-    messages = [str(w.message) for w in caught if w.category is UserWarning]
-    return batch, messages
+        result = fn()
+    return result, [str(w.message) for w in caught if w.category is UserWarning]
+
+
+@functools.cache
+def collators(response, instruction, pad_is_eos, side, padding_free, multiple):
+    """TRL's and sftmask's collators for one configuration (built once: TRL's constructor is slow),
+    after checking that constructing them warns alike."""
+    kwargs = dict(tokenizer=tokenizer(pad_is_eos, side), padding_free=padding_free, pad_to_multiple_of=multiple)
+    # Cached by value, so id templates arrive as tuples; TRL compares them with lists.
+    response = list(response) if isinstance(response, tuple) else response
+    instruction = list(instruction) if isinstance(instruction, tuple) else instruction
+    theirs, their_warnings = user_warnings(lambda: trl.DataCollatorForCompletionOnlyLM(response, instruction, **kwargs))
+    ours, our_warnings = user_warnings(
+        lambda: sftmask.DataCollatorForCompletionOnlyLM(response, instruction, compat="trl", **kwargs)
+    )
+    assert our_warnings == their_warnings
+    return theirs, ours
 
 
 def assert_same(theirs, ours):
@@ -98,25 +112,22 @@ def test_identical_to_trl(instruction, padding_free, data):
     side = data.draw(st.sampled_from(["right", "left"]), label="padding_side")
     tok = tokenizer(pad_is_eos, side)
     as_ids = data.draw(st.booleans(), label="templates_as_ids")
-    response = list(template_ids(RESPONSE)) if as_ids else RESPONSE
+    response = template_ids(RESPONSE) if as_ids else RESPONSE
     instr = None
     if instruction == "text":
         instr = INSTRUCTION
     elif instruction == "ids":
-        instr = list(template_ids(INSTRUCTION))
+        instr = template_ids(INSTRUCTION)
     multiple = data.draw(st.sampled_from([None, None, 8]), label="pad_to_multiple_of")
     rows = data.draw(batches(tok.pad_token_id, tok.eos_token_id, 1 if padding_free else 0), label="rows")
     # TRL's padding-free path needs the attention mask that only dict inputs get.
     as_dicts = padding_free or data.draw(st.booleans(), label="dict_input")
     examples = [{"input_ids": r, "attention_mask": [1] * len(r)} for r in rows] if as_dicts else rows
-    kwargs = dict(tokenizer=tok, padding_free=padding_free, pad_to_multiple_of=multiple)
-
+    trl_collator, our_collator = collators(response, instr, pad_is_eos, side, padding_free, multiple)
     try:
-        theirs, their_warnings = run(lambda: trl.DataCollatorForCompletionOnlyLM(response, instr, **kwargs), examples)
+        theirs, their_warnings = user_warnings(lambda: trl_collator(examples))
     except (RuntimeError, ValueError, KeyError, IndexError):
         assume(False)  # inputs TRL itself cannot collate are out of scope here
-    ours, our_warnings = run(
-        lambda: sftmask.DataCollatorForCompletionOnlyLM(response, instr, compat="trl", **kwargs), examples
-    )
+    ours, our_warnings = user_warnings(lambda: our_collator(examples))
     assert_same(theirs, ours)
     assert our_warnings == their_warnings

@@ -1,0 +1,132 @@
+"""The newest TRL's SFTTrainer (1.x, transformers 5.x) with sftmask's collator, on CPU, offline.
+
+This needs its own environment (TRL 0.19.1, the oracle of the rest of the suite, needs
+transformers 4.x): `.ci/run` builds `.venv-trl-latest` and runs this file there. In the main
+environment it is skipped.
+
+What a user needs (documented in the README): pass the collator as `data_collator=`, keep
+`SFTConfig(packing=False, padding_free=False)` (TRL refuses a custom collator otherwise) and put
+`padding_free=True` on the collator instead. The trainer sends `{"input_ids", "labels"}` with
+its own ragged labels; the collator ignores them and computes its own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sftmask
+from chat_formats import CHATML, render, truth_for
+from conftest import load_hf_tokenizer, load_tokenizer
+
+trl = pytest.importorskip("trl")
+transformers = pytest.importorskip("transformers")
+
+if int(trl.__version__.split(".")[0]) < 1:
+    pytest.skip(f"TRL {trl.__version__}: run in the TRL 1.x environment (.ci/run does)", allow_module_level=True)
+
+CHATS = [
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "\nHello! How can I help?"}],
+    [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": " 4"},
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6, of course."},
+    ],
+    [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+]
+
+
+def tiny_llama(vocab_size: int):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+class Recorder:
+    def __init__(self, collator):
+        self.collator = collator
+        self.seen_keys = []
+        self.batches = []
+
+    def __call__(self, examples):
+        self.seen_keys.append(sorted(examples[0].keys()))
+        batch = self.collator(examples)
+        self.batches.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        return batch
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_newest_sft_trainer(tmp_path, padding_free):
+    import datasets
+
+    tok = load_hf_tokenizer("qwen2")
+    plain = load_tokenizer("qwen2")
+    suffix = tok.eos_token  # dataset preparation appends the EOS to text data
+    truth = {}
+    for chat in CHATS:
+        ids, labels = truth_for(plain, render(CHATML, chat) + suffix, CHATML)
+        truth[tuple(ids)] = labels
+    collator = Recorder(
+        sftmask.DataCollatorForCompletionOnlyLM(
+            CHATML.response, list(CHATML.instructions), tokenizer=tok, padding_free=padding_free
+        )
+    )
+    model = tiny_llama(len(tok))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = trl.SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        packing=False,
+        padding_free=False,
+        max_length=512,
+        dataset_kwargs={"add_special_tokens": False},
+    )
+    texts = [render(CHATML, c) for c in CHATS] * 2
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=datasets.Dataset.from_dict({"text": texts}),
+        processing_class=tok,
+        data_collator=collator,
+    )
+    trainer.train()
+
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(math.isfinite(x) for x in losses)
+    assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters())
+    # The trainer sends its own ragged labels, which the collator ignores.
+    assert all("labels" in keys and "input_ids" in keys for keys in collator.seen_keys)
+    seen = 0
+    for batch in collator.batches:
+        if padding_free:
+            cu = batch["cu_seq_lens_q"].tolist()
+            for start, end in zip(cu, cu[1:]):
+                ids = tuple(batch["input_ids"][0, start:end].tolist())
+                expected = [-100, *truth[ids][1:]]
+                assert batch["labels"][0, start:end].tolist() == expected
+                seen += 1
+        else:
+            mask = batch["attention_mask"].bool()
+            for row in range(batch["input_ids"].shape[0]):
+                ids = tuple(batch["input_ids"][row][mask[row]].tolist())
+                assert batch["labels"][row][mask[row]].tolist() == truth[ids]
+                seen += 1
+    assert seen > 0
