@@ -15,7 +15,7 @@ def test_demo_output():
         [sys.executable, "-m", "sftmask", "demo"], capture_output=True, text=True, check=True, timeout=120
     ).stdout
     found = re.search(r"sftmask \(exact byte spans\)\s+(\d+)/(\d+)", out)
-    trl = re.search(r"TRL-style token matching\s+(\d+)/(\d+)", out)
+    trl = re.search(r"TRL 0.19.1 \(compat='trl'\)\s+(\d+)/(\d+)", out)
     assert found and trl
     assert found.group(1) == found.group(2) == str(len(sample_chats()))
     assert int(trl.group(1)) < int(trl.group(2)), "the sample set shows rows TRL-style matching loses"
