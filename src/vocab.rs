@@ -20,10 +20,9 @@
 //! rule the tokenizer follows.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 use tokenizers::normalizers::NormalizerWrapper;
@@ -137,8 +136,7 @@ struct ModelJson {
     byte_fallback: Option<bool>,
     #[serde(default)]
     continuing_subword_prefix: Option<String>,
-    #[serde(flatten)]
-    _rest: de::IgnoredAny,
+    // Everything else (the merges can be megabytes) is skipped by serde without being kept.
 }
 
 /// `model.vocab`: a `{token: id}` map (BPE, WordPiece, WordLevel) or a `[[token, score], …]`
@@ -393,11 +391,20 @@ fn template_normalizers(norm: Option<&Value>) -> Result<Vec<NormalizerWrapper>> 
 }
 
 fn content_hash(json: &str) -> u64 {
-    // SipHash with fixed keys: stable within and across processes, so it can key a cache.
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new_with_keys(0x5f74_6d61_736b, 0x0073_6674_6d61_736b);
-    json.hash(&mut h);
-    h.finish()
+    // A fast 64-bit mix over 8-byte words (the text can be 20 MB; SipHash would cost ~30 ms).
+    // It keys a cache together with the length, so an accidental collision is negligible.
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let bytes = json.as_bytes();
+    let mut h = (bytes.len() as u64).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = (h ^ w).wrapping_mul(K).rotate_left(29);
+    }
+    for &b in chunks.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(K).rotate_left(29);
+    }
+    h ^ (h >> 32)
 }
 
 impl Vocab {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import sys
@@ -56,3 +57,13 @@ def load_hf_tokenizer(family: str):
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+#: Rows compared with the ground truth, per family (reported at the end of the run).
+ROWS_CHECKED: collections.Counter[str] = collections.Counter()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if ROWS_CHECKED:
+        shown = ", ".join(f"{family} {n}" for family, n in sorted(ROWS_CHECKED.items()))
+        terminalreporter.write_line(f"rows checked against ground truth: {shown}")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from build_tokenizers import fixture_info
 from chat_formats import FORMATS, PLAIN, kept_text, render, truth_for
-from conftest import load_tokenizer
+from conftest import ROWS_CHECKED, load_tokenizer
 from sftmask import DataCollatorForCompletionOnlyLM
 
 CHAT_FAMILIES = sorted(FORMATS)
@@ -61,9 +61,10 @@ def collator_for(family, fmt, *, instructions=True, **kw):
     )
 
 
-def rows_of(batch, n):
-    """The unpadded label rows of a padded batch."""
+def rows_of(batch, n, family=None):
+    """The unpadded label rows of a padded batch (counted for the run's summary)."""
     mask = batch["attention_mask"].astype(bool)
+    ROWS_CHECKED[family or "?"] += n
     return [batch["labels"][i][mask[i]].tolist() for i in range(n)]
 
 
@@ -77,7 +78,7 @@ def test_multi_turn_matches_ground_truth(family, data):
     collator = collator_for(family, fmt, padding_side=side)
     truths = [truth_for(tok, render(fmt, c), fmt) for c in chats]
     batch = collator([{"input_ids": ids} for ids, _ in truths])
-    assert rows_of(batch, len(chats)) == [labels for _, labels in truths]
+    assert rows_of(batch, len(chats), family) == [labels for _, labels in truths]
     # Padding sits on the requested side.
     lengths = [len(ids) for ids, _ in truths]
     width = batch["input_ids"].shape[1]
@@ -97,7 +98,7 @@ def test_single_turn_without_instruction_template(family, data):
     collator = collator_for(family, fmt, instructions=False)
     truths = [truth_for(tok, render(fmt, c), fmt, instructions=False) for c in chats]
     batch = collator([{"input_ids": ids} for ids, _ in truths])
-    assert rows_of(batch, len(chats)) == [labels for _, labels in truths]
+    assert rows_of(batch, len(chats), family) == [labels for _, labels in truths]
 
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES)
@@ -109,7 +110,7 @@ def test_train_on_last_turn(family, data):
     collator = collator_for(family, fmt, train_on="last")
     ids, labels = truth_for(tok, render(fmt, chat), fmt, train_on="last")
     batch = collator([ids])
-    assert rows_of(batch, 1) == [labels]
+    assert rows_of(batch, 1, family) == [labels]
 
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES)
@@ -125,7 +126,7 @@ def test_truncated_rows(family, data):
     ids, labels = truth_for(tok, text, fmt, keep=keep)
     collator = collator_for(family, fmt)
     batch = collator([ids, [1, 2, 3]])
-    assert rows_of(batch, 1) == [labels]
+    assert rows_of(batch, 1, family) == [labels]
     if fmt.response not in kept_text(tok, text, keep):
         assert all(label == -100 for label in labels)
         assert collator.stats.rows_without_template == 2  # this row and the [1, 2, 3] row
@@ -153,6 +154,7 @@ def test_padding_free_matches_ground_truth(family, data):
         positions += list(range(len(ids)))
     assert batch["input_ids"][0].tolist() == flat_ids
     assert batch["labels"][0].tolist() == flat_truth
+    ROWS_CHECKED[family] += len(truths)
     assert batch["position_ids"][0].tolist() == positions
 
 
@@ -165,7 +167,7 @@ def test_plain_text_template_on_any_tokenizer(family, data):
     collator = collator_for(family, PLAIN)
     truths = [truth_for(tok, render(PLAIN, c), PLAIN) for c in chats]
     batch = collator([{"input_ids": ids} for ids, _ in truths])
-    assert rows_of(batch, len(chats)) == [labels for _, labels in truths]
+    assert rows_of(batch, len(chats), family) == [labels for _, labels in truths]
 
 
 def test_ground_truth_is_not_trivial():
