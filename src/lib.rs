@@ -7,7 +7,8 @@
 //! bytes and per-token spans) -> [`search`] (template occurrences) -> [`regions`] (which bytes
 //! are the response) -> [`labels`] (the overlap rule) -> [`batch`] (pad or flatten into the
 //! output buffers), driven row by row by [`masker`] on a fork-safe pool ([`pool`]). [`trl`] holds
-//! TRL 0.19.1's token-level rule for `compat="trl"`.
+//! TRL 0.19.1's token-level rule for `compat="trl"`. [`encode`] tokenizes and masks in one pass
+//! (the preprocessing API).
 //! The optional `python` feature adds the PyO3 binding (`src/python.rs`), the only module that
 //! knows about Python.
 //!
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod batch;
+pub mod encode;
 pub mod error;
 pub mod labels;
 pub mod masker;

@@ -141,6 +141,11 @@ impl PyVocab {
         self.inner.token_bytes(id).map(|b| PyBytes::new(py, b))
     }
 
+    /// `True` when `id` is an added or special token (`<|eot_id|>`, `<s>`, …).
+    fn is_added(&self, id: i64) -> bool {
+        u32::try_from(id).is_ok_and(|id| self.inner.is_added(id))
+    }
+
     /// The searchable text of `ids` and the end offset of every token in it.
     fn text<'py>(&self, py: Python<'py>, ids: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyBytes>, Vec<u32>)> {
         let ids = ids_vec(ids, 0)?;
@@ -472,6 +477,46 @@ impl PyEncoder {
     }
 }
 
+/// What `tokenize_and_mask` returns to Python:
+/// (input_ids, labels, (tokens, trained, straddling, missing_rows)).
+type Encoded = (Vec<Vec<u32>>, Vec<Vec<i64>>, (u64, u64, u64, Vec<usize>));
+
+/// Tokenizes `texts` with `encoder` and masks each row with `masker`, in parallel and without
+/// the GIL. Returns `(input_ids, labels, (tokens, trained, straddling, missing_rows))`.
+///
+/// >>> ids, labels, stats = tokenize_and_mask(["<|im_start|>user\nHi<|im_end|>\n"], enc, masker)  # doctest: +SKIP
+#[pyfunction]
+#[pyo3(signature = (texts, encoder, masker, *, add_special_tokens = true, max_length = None, num_threads = None))]
+fn tokenize_and_mask(
+    py: Python<'_>,
+    texts: Vec<String>,
+    encoder: &PyEncoder,
+    masker: &PyMasker,
+    add_special_tokens: bool,
+    max_length: Option<usize>,
+    num_threads: Option<usize>,
+) -> PyResult<Encoded> {
+    if masker.inner.is_trl() {
+        return Err(PyValueError::new_err(
+            "tokenize_and_mask takes an exact masker (compat='exact')",
+        ));
+    }
+    let options = crate::encode::EncodeOptions {
+        add_special_tokens,
+        max_length,
+    };
+    let threads = num_threads.unwrap_or_else(crate::pool::default_threads);
+    let (tokenizer, m) = (&*encoder.inner, &*masker.inner);
+    let out = core(detach_guarded(py, || {
+        crate::encode::tokenize_and_mask(tokenizer, m, &texts, options, threads)
+    })?)?;
+    Ok((
+        out.input_ids,
+        out.labels,
+        (out.tokens, out.trained, out.straddling, out.missing_rows),
+    ))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Argument conversion.
 
@@ -696,7 +741,7 @@ fn ids_vec(obj: &Bound<'_, PyAny>, row: usize) -> PyResult<Vec<i64>> {
 #[pymodule]
 mod _core {
     #[pymodule_export]
-    use super::{InternalError, PyEncoder, PyMasker, PyVocab, TokenizerError};
+    use super::{tokenize_and_mask, InternalError, PyEncoder, PyMasker, PyVocab, TokenizerError};
 
     #[allow(non_upper_case_globals)]
     #[pymodule_export]

@@ -8,7 +8,16 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import TypeAlias
 
-__all__ = ["PARALLEL_MIN_TOKENS", "Encoder", "InternalError", "Masker", "TokenizerError", "Vocab", "__version__"]
+__all__ = [
+    "PARALLEL_MIN_TOKENS",
+    "Encoder",
+    "InternalError",
+    "Masker",
+    "TokenizerError",
+    "Vocab",
+    "__version__",
+    "tokenize_and_mask",
+]
 
 __version__: Final[str]
 PARALLEL_MIN_TOKENS: Final[int]
@@ -57,6 +66,9 @@ class Vocab:
 
     def token_id(self, content: str) -> int | None:
         """The id of the token whose text is ``content`` (added/special tokens first), or None."""
+
+    def is_added(self, id: int) -> bool:
+        """``True`` when ``id`` is an added or special token (``<|eot_id|>``, ``<s>``, …)."""
 
     def text(self, ids: _Ids) -> tuple[bytes, list[int]]:
         """The searchable text of ``ids`` and the end offset of every token in it."""
@@ -132,3 +144,19 @@ class Encoder:
         self, texts: Sequence[str], *, add_special_tokens: bool = True, num_threads: int | None = None
     ) -> list[list[int]]:
         """Token ids of each text, in parallel and without the GIL."""
+
+def tokenize_and_mask(
+    texts: Sequence[str],
+    encoder: Encoder,
+    masker: Masker,
+    *,
+    add_special_tokens: bool = True,
+    max_length: int | None = None,
+    num_threads: int | None = None,
+) -> tuple[list[list[int]], list[list[int]], tuple[int, int, int, list[int]]]:
+    """Tokenizes ``texts`` with ``encoder`` and masks each row with ``masker``, in parallel and without the GIL.
+
+    Returns ``(input_ids, labels, (tokens, trained, straddling, missing_rows))``.
+
+    >>> ids, labels, stats = tokenize_and_mask(["<|im_start|>user\\nHi<|im_end|>\\n"], enc, masker)  # doctest: +SKIP
+    """

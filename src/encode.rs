@@ -1,0 +1,197 @@
+//! Tokenize and mask in one pass, for preprocessing a dataset once instead of masking every
+//! batch: text -> token ids (the `tokenizers` crate over the same tokenizer.json) -> optional
+//! truncation -> labels by the [`Masker`]'s rule, rows in parallel on the fork-safe [`pool`].
+
+use rayon::prelude::*;
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+use crate::masker::Masker;
+use crate::pool;
+
+/// How texts become token ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// Let the tokenizer's post-processor add its special tokens (BOS, …), as `tokenizer(text)`
+    /// does; `false` for text that already spells them out (a rendered chat template).
+    pub add_special_tokens: bool,
+    /// Keep only the first `max_length` tokens of each row (as `SFTTrainer`'s `max_length`).
+    pub max_length: Option<usize>,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            add_special_tokens: true,
+            max_length: None,
+        }
+    }
+}
+
+/// The rows of a preprocessed batch and their totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Encoded {
+    /// Token ids of each row.
+    pub input_ids: Vec<Vec<u32>>,
+    /// Labels of each row: the id where trained, `ignore_index` elsewhere.
+    pub labels: Vec<Vec<i64>>,
+    /// Tokens in all rows.
+    pub tokens: u64,
+    /// Trained tokens in all rows.
+    pub trained: u64,
+    /// Trained tokens that straddle a template boundary.
+    pub straddling: u64,
+    /// Rows with no response template (all their labels are `ignore_index`).
+    pub missing_rows: Vec<usize>,
+}
+
+/// Tokenizes `texts` and masks each row with `masker`, using up to `threads` threads.
+///
+/// ```
+/// use std::sync::Arc;
+/// use sftmask::encode::{tokenize_and_mask, EncodeOptions};
+/// use sftmask::{Masker, Template, TrainOn, Vocab};
+/// // Byte-level BPE without merges: every byte is a token.
+/// let json = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+///   "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+///   "post_processor": null, "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+///   "use_regex": false}, "model": {"type": "BPE", "dropout": null, "unk_token": null,
+///   "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+///   "ignore_merges": false, "vocab": {"Q": 0, "A": 1, ":": 2, "x": 3}, "merges": []}}"#;
+/// let tokenizer: tokenizers::Tokenizer = json.parse().unwrap();
+/// let vocab = Arc::new(Vocab::from_json(json).unwrap());
+/// let masker = Masker::new(vocab, &Template::Text("A:".into()), &[], -100, TrainOn::All).unwrap();
+/// let out = tokenize_and_mask(&tokenizer, &masker, &["Q:xA:x"], EncodeOptions::default(), 1).unwrap();
+/// assert_eq!(out.input_ids, vec![vec![0, 2, 3, 1, 2, 3]]);
+/// assert_eq!(out.labels, vec![vec![-100, -100, -100, -100, -100, 3]]);
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the first row the tokenizer fails on; the masker's errors
+/// (an id the byte table does not know: the tokenizer and the table disagree).
+pub fn tokenize_and_mask<S: AsRef<str> + Sync>(
+    tokenizer: &Tokenizer,
+    masker: &Masker,
+    texts: &[S],
+    options: EncodeOptions,
+    threads: usize,
+) -> Result<Encoded> {
+    let row = |(r, text): (usize, &S)| -> Result<(Vec<u32>, Vec<i64>, crate::labels::RowStats)> {
+        let encoding = tokenizer
+            .encode(text.as_ref(), options.add_special_tokens)
+            .map_err(|e| Error::InvalidArgument(format!("row {r}: the tokenizer failed: {e}")))?;
+        let mut ids = encoding.get_ids().to_vec();
+        if let Some(n) = options.max_length {
+            ids.truncate(n);
+        }
+        let wide: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let seen = masker.inspect(&wide).map_err(|e| match e {
+            Error::IdOutOfVocab {
+                position,
+                id,
+                vocab_size,
+                ..
+            } => Error::IdOutOfVocab {
+                row: r,
+                position,
+                id,
+                vocab_size,
+            },
+            other => other,
+        })?;
+        Ok((ids, seen.labels, seen.stats))
+    };
+    // Tokenizing costs far more than waking the pool, so two rows are enough to go parallel.
+    let rows: Vec<Result<_>> = match (threads > 1 && texts.len() > 1)
+        .then(|| pool::try_get(threads))
+        .flatten()
+    {
+        Some(pool) => pool.install(|| texts.par_iter().enumerate().map(row).collect()),
+        None => texts.iter().enumerate().map(row).collect(),
+    };
+    let mut out = Encoded {
+        input_ids: Vec::with_capacity(texts.len()),
+        labels: Vec::with_capacity(texts.len()),
+        ..Encoded::default()
+    };
+    for (r, result) in rows.into_iter().enumerate() {
+        let (ids, labels, stats) = result?;
+        out.tokens += stats.tokens;
+        out.trained += stats.trained;
+        out.straddling += stats.straddling;
+        if !stats.found {
+            out.missing_rows.push(r);
+        }
+        out.input_ids.push(ids);
+        out.labels.push(labels);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{Template, TrainOn, Vocab};
+
+    const JSON: &str = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "post_processor": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+          "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+          "vocab": {"U": 0, "A": 1, ":": 2, "Ġ": 3, "x": 4, "y": 5, "Ċ": 6}, "merges": []}}"#;
+
+    fn setup(instructions: &[&str]) -> (Tokenizer, Masker) {
+        let tokenizer: Tokenizer = JSON.parse().unwrap();
+        let vocab = Arc::new(Vocab::from_json(JSON).unwrap());
+        let instructions: Vec<Template> = instructions.iter().map(|t| Template::Text((*t).into())).collect();
+        let masker = Masker::new(vocab, &Template::Text("A:".into()), &instructions, -100, TrainOn::All).unwrap();
+        (tokenizer, masker)
+    }
+
+    #[test]
+    fn rows_in_order_serial_and_parallel_agree() {
+        let (tok, masker) = setup(&["U:"]);
+        let texts: Vec<String> = (0..64)
+            .map(|i| {
+                if i % 5 == 0 {
+                    "U: x".to_string()
+                } else {
+                    "U: xA: yU: xA: y".repeat(i % 3 + 1)
+                }
+            })
+            .collect();
+        let serial = tokenize_and_mask(&tok, &masker, &texts, EncodeOptions::default(), 1).unwrap();
+        let parallel = tokenize_and_mask(&tok, &masker, &texts, EncodeOptions::default(), 4).unwrap();
+        assert_eq!(serial, parallel);
+        assert_eq!(serial.missing_rows, (0..64).filter(|i| i % 5 == 0).collect::<Vec<_>>());
+        // "U: xA: yU: xA: y": each byte a token; each answer " y" is trained, templates and
+        // questions are not.
+        let turn = [0, 2, 3, 4, 1, 2, 3, 5];
+        assert_eq!(serial.input_ids[3], [turn, turn].concat());
+        let labels = [-100, -100, -100, -100, -100, -100, 3, 5];
+        assert_eq!(serial.labels[3], [labels, labels].concat());
+    }
+
+    #[test]
+    fn truncation_cuts_before_masking() {
+        let (tok, masker) = setup(&[]);
+        let opts = EncodeOptions {
+            max_length: Some(4),
+            ..EncodeOptions::default()
+        };
+        let out = tokenize_and_mask(&tok, &masker, &["U: xA: y"], opts, 1).unwrap();
+        assert_eq!(out.input_ids, vec![vec![0, 2, 3, 4]]);
+        assert_eq!(out.missing_rows, vec![0]);
+        assert_eq!(out.tokens, 4);
+    }
+
+    #[test]
+    fn empty_input_is_empty_output() {
+        let (tok, masker) = setup(&[]);
+        let out = tokenize_and_mask::<&str>(&tok, &masker, &[], EncodeOptions::default(), 4).unwrap();
+        assert_eq!(out, Encoded::default());
+    }
+}
