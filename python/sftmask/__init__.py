@@ -5,11 +5,16 @@ A Rust drop-in for TRL's ``DataCollatorForCompletionOnlyLM``: change one import 
 >>> from sftmask import DataCollatorForCompletionOnlyLM  # instead of: from trl import …
 >>> collator = DataCollatorForCompletionOnlyLM(
 ...     "<|start_header_id|>assistant<|end_header_id|>\\n\\n", tokenizer=tokenizer)  # doctest: +SKIP
+
+Also: ``ensure_pad_token`` (a pad token for Llama-3 without resizing), ``render`` (see a mask),
+``tokenize_and_mask`` (preprocess a dataset once), and the ``sftmask check`` command.
 """
 
 from sftmask._core import Encoder, InternalError, Masker, TokenizerError, Vocab, __version__
 from sftmask.collator import CollatorStats, DataCollatorForCompletionOnlyLM
-from sftmask.render import MaskView
+from sftmask.pad import ensure_pad_token
+from sftmask.preprocess import tokenize_and_mask
+from sftmask.render import MaskView, render
 
 __all__ = [
     "CollatorStats",
@@ -21,4 +26,7 @@ __all__ = [
     "TokenizerError",
     "Vocab",
     "__version__",
+    "ensure_pad_token",
+    "render",
+    "tokenize_and_mask",
 ]

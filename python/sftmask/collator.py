@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -122,11 +123,20 @@ class DataCollatorForCompletionOnlyLM:
         num_threads: threads for large batches (default: ``RAYON_NUM_THREADS`` or all CPUs).
         pad_token_id: overrides the tokenizer's pad token.
         padding_side: ``"right"`` or ``"left"``; defaults to the tokenizer's.
+        labels: ``"mask"`` (default) computes labels from the templates; ``"keep"`` takes each
+            example's own ``labels`` (e.g. from ``sftmask.tokenize_and_mask``) and only pads or
+            flattens them (padding and, flattened, each sequence's first label get
+            ``ignore_index``); the templates are then not needed.
+
+    With labels computed beforehand:
+
+    >>> collator = DataCollatorForCompletionOnlyLM(tokenizer=tokenizer, labels="keep")  # doctest: +SKIP
+    >>> batch = collator([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}])  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        response_template: Template,
+        response_template: Template | None = None,
         instruction_template: Template | Sequence[Template] | None = None,
         *args: Any,
         mlm: bool = False,
@@ -138,6 +148,7 @@ class DataCollatorForCompletionOnlyLM:
         num_threads: int | None = None,
         pad_token_id: int | None = None,
         padding_side: str | None = None,
+        labels: str = "mask",
         **kwargs: Any,
     ) -> None:
         # TRL passed *args/**kwargs to transformers' dataclass, whose first field is the tokenizer.
@@ -173,6 +184,12 @@ class DataCollatorForCompletionOnlyLM:
             raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+        if labels not in ("mask", "keep"):
+            raise ValueError(f"labels must be 'mask' or 'keep', got {labels!r}")
+        if labels == "keep" and compat != "exact":
+            raise ValueError("labels='keep' pads the labels it is given; compat='trl' computes them: pick one")
+        if response_template is None and labels == "mask":
+            raise TypeError("response_template is required (or pass labels='keep' to use the examples' own labels)")
         if isinstance(response_template, str) and not response_template:
             raise ValueError("response_template is empty")
 
@@ -203,8 +220,14 @@ class DataCollatorForCompletionOnlyLM:
         self.pad_token_id = pad
         self.padding_side = side
         self.eos_token_id = info.eos_token_id
+        self.labels = labels
         self._vocab = info.vocab
-        if compat == "trl":
+        self._kept_totals = [0, 0, 0, 0]  # labels="keep": rows, rows without trained labels, tokens, trained
+        self._kept_lock = threading.Lock()
+        self._masker: Masker | None
+        if labels == "keep" and response_template is None:
+            self._masker = None
+        elif compat == "trl":
             self._masker = self._trl_masker(tokenizer, info, response_template, instruction_template, pad)
         else:
             self._masker = Masker(
@@ -248,6 +271,8 @@ class DataCollatorForCompletionOnlyLM:
         rt = return_tensors or self.return_tensors
         if rt not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {rt!r}")
+        if self.labels == "keep":
+            return self._call_kept(examples, rt)
         if self.compat == "trl" and not isinstance(examples, list):
             examples = list(examples)
         arrays, (rows, _tokens, _trained, _straddling, missing, missing_instruction) = self._masker.collate(
@@ -264,6 +289,23 @@ class DataCollatorForCompletionOnlyLM:
                 self._report_missing_trl(missing, missing_instruction, examples)
         elif missing and self.on_missing != "ignore":
             self._report_missing(missing, rows)
+        return _to_torch(arrays) if rt == "pt" else arrays
+
+    def _call_kept(self, examples: Sequence[Any], rt: str) -> dict[str, Any]:
+        """``labels="keep"``: pad or flatten the examples' own labels."""
+        from sftmask._keep import collate_kept
+
+        arrays, counts = collate_kept(
+            examples,
+            pad_token_id=self.pad_token_id,
+            padding_side=self.padding_side,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            padding_free=self.padding_free,
+            ignore_index=self.ignore_index,
+            vocab_size=len(self._vocab),
+        )
+        with self._kept_lock:
+            self._kept_totals = [a + b for a, b in zip(self._kept_totals, counts)]
         return _to_torch(arrays) if rt == "pt" else arrays
 
     def _trl_shapes(self, arrays: dict[str, Any], examples: list[Any]) -> dict[str, Any]:
@@ -332,6 +374,11 @@ class DataCollatorForCompletionOnlyLM:
     @property
     def stats(self) -> CollatorStats:
         """Totals over every batch this collator has made."""
+        if self.labels == "keep":
+            # Rows "without a template" are those whose given labels train nothing.
+            rows, missing, tokens, trained = self._kept_totals
+            return CollatorStats(rows, missing, tokens, trained, 0)
+        assert self._masker is not None
         rows, missing, tokens, trained, straddling = self._masker.totals
         return CollatorStats(rows, missing, tokens, trained, straddling)
 
@@ -346,16 +393,21 @@ class DataCollatorForCompletionOnlyLM:
         return trained_text(self, example)
 
     def render(self, example: Any) -> Any:
-        """Shows one example with trained tokens highlighted (HTML in Jupyter, ANSI in a terminal)."""
-        from sftmask.render import render
+        """Shows one example with trained tokens highlighted (HTML in Jupyter, ANSI in a terminal).
 
-        return render(self, example)
+        >>> collator.render(tokenizer.apply_chat_template(chat))  # doctest: +SKIP
+        MaskView(23 tokens, 26% trained)
+        """
+        from sftmask.render import render_collated
+
+        return render_collated(self, example)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(response_template={self.response_template!r}, "
             f"instruction_template={self.instruction_template!r}, padding_free={self.padding_free}, "
-            f"compat={self.compat!r}, train_on={self.train_on!r}, pad_token_id={self.pad_token_id})"
+            f"compat={self.compat!r}, train_on={self.train_on!r}, pad_token_id={self.pad_token_id}"
+            + (", labels='keep')" if self.labels == "keep" else ")")
         )
 
     # -- pickling (DataLoader workers with spawn, datasets.map) ------------------------------
@@ -375,6 +427,7 @@ class DataCollatorForCompletionOnlyLM:
         "num_threads",
         "pad_token_id",
         "padding_side",
+        "labels",
     )
 
     def __getstate__(self) -> dict[str, Any]:

@@ -1,7 +1,12 @@
 """Seeing a mask: trained tokens highlighted, masked ones dimmed.
 
-``MaskView`` renders as HTML in Jupyter (``_repr_html_``), with ANSI colours when printed to a
-terminal, and as plain text with ``[[…]]`` around trained text otherwise.
+``MaskView`` renders as HTML in Jupyter (``_repr_html_``: token boundaries, special tokens and
+whitespace visible, with a legend), with ANSI colours when printed to a terminal, and as plain
+text with ``[[…]]`` around trained text otherwise.
+
+>>> import sftmask
+>>> view = sftmask.render(batch["input_ids"][0], tokenizer, batch["labels"][0])  # doctest: +SKIP
+>>> view  # in Jupyter: the HTML view  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -9,28 +14,38 @@ from __future__ import annotations
 import html
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from sftmask import _tokenizer
 
 
 @dataclass(frozen=True)
 class Token:
-    """One token of a rendered example."""
+    """One token of a rendered example.
+
+    ``text`` is what the token stands for in the example's text (``""`` for a phantom space,
+    ``\\xNN`` escapes for a piece of a multi-byte character); ``raw`` is those bytes.
+    """
 
     id: int
     text: str
     trained: bool
+    special: bool = False
+    label: int | None = None
+    raw: bytes = b""
 
 
-def _ids_of(example: Any) -> Any:
-    if isinstance(example, Mapping):
-        return example["input_ids"]
-    return example
-
-
-def _inspect(collator: Any, example: Any) -> dict[str, Any]:
-    return collator._masker.inspect(_ids_of(example))
+def _as_list(x: Any, what: str) -> list[int]:
+    """A 1-D id/label sequence (list, tuple, numpy array, torch tensor) as a list of ints."""
+    if hasattr(x, "tolist"):
+        x = x.tolist()
+    if isinstance(x, (str, bytes)) or not isinstance(x, Sequence):
+        raise TypeError(f"{what} must be a 1-D sequence of ints, got {type(x).__name__}")
+    if x and isinstance(x[0], (list, tuple)):
+        raise ValueError(f"{what} must be one row (1-D), got a batch: pass batch[...][i]")
+    return [int(v) for v in x]
 
 
 def _spans(ends: list[int]) -> list[tuple[int, int]]:
@@ -38,31 +53,127 @@ def _spans(ends: list[int]) -> list[tuple[int, int]]:
     return list(zip(starts, ends))
 
 
+def _build(vocab: Any, ids: list[int], text: bytes, ends: list[int], labels: list[int], ignore_index: int) -> MaskView:
+    tokens = []
+    for i, (s, e), label in zip(ids, _spans(ends), labels):
+        raw = text[s:e]
+        tokens.append(
+            Token(
+                id=i,
+                text=raw.decode("utf-8", "backslashreplace"),
+                trained=label != ignore_index,
+                special=vocab.is_added(i),
+                label=label,
+                raw=raw,
+            )
+        )
+    return MaskView(tokens)
+
+
+def render(example: Any, tokenizer: Any, labels: Any = None, *, ignore_index: int = -100) -> MaskView:
+    """Shows one row with the labels given: trained tokens (label ≠ ``ignore_index``) highlighted.
+
+    Works for labels from anywhere (TRL, your own preprocessing, ``tokenize_and_mask``).
+
+    >>> batch = collator(examples)  # doctest: +SKIP
+    >>> sftmask.render(batch["input_ids"][0], tokenizer, batch["labels"][0])  # doctest: +SKIP
+    >>> sftmask.render({"input_ids": ids, "labels": labels}, tokenizer).trained_text()  # doctest: +SKIP
+    ['Paris.<|eot_id|>']
+
+    Args:
+        example: one row of token ids (list, numpy array, torch tensor), or a mapping with
+            ``input_ids`` (and ``labels``, and ``attention_mask``: padding is then left out).
+        tokenizer: what the collator accepts (transformers fast tokenizer, ``tokenizers.Tokenizer``,
+            path to ``tokenizer.json`` or its folder).
+        labels: the row's labels, one per token; taken from ``example["labels"]`` when omitted.
+        ignore_index: the label of masked tokens.
+    """
+    return _render_row(_tokenizer.resolve(tokenizer).vocab, example, labels, ignore_index)
+
+
+def _render_row(vocab: Any, example: Any, labels: Any, ignore_index: int) -> MaskView:
+    keep = None
+    if isinstance(example, Mapping):
+        if "input_ids" not in example:
+            raise ValueError("the example has no 'input_ids' key")
+        if labels is None:
+            if "labels" not in example:
+                raise ValueError("no labels: pass labels=… or an example with a 'labels' key")
+            labels = example["labels"]
+        if example.get("attention_mask") is not None:
+            keep = [bool(m) for m in _as_list(example["attention_mask"], "attention_mask")]
+        example = example["input_ids"]
+    elif labels is None:
+        raise ValueError("no labels: pass labels=… (e.g. batch['labels'][i])")
+    ids = _as_list(example, "input_ids")
+    label_list = _as_list(labels, "labels")
+    if len(label_list) != len(ids):
+        raise ValueError(f"labels has {len(label_list)} entries for {len(ids)} tokens")
+    if keep is not None:
+        if len(keep) != len(ids):
+            raise ValueError(f"attention_mask has {len(keep)} entries for {len(ids)} tokens")
+        ids = [i for i, k in zip(ids, keep) if k]
+        label_list = [lab for lab, k in zip(label_list, keep) if k]
+    text, ends = vocab.text(ids)
+    return _build(vocab, ids, text, ends, label_list, ignore_index)
+
+
+def render_collated(collator: Any, example: Any) -> MaskView:
+    """One example as ``collator`` labels it (``collator.render``)."""
+    if getattr(collator, "labels", "mask") == "keep":
+        return _render_row(collator._vocab, example, None, collator.ignore_index)
+    ids = example["input_ids"] if isinstance(example, Mapping) else example
+    seen = collator._masker.inspect(ids)
+    ids = _as_list(ids, "input_ids")
+    vocab = collator._vocab
+    return _build(vocab, ids, seen["text"], seen["ends"], seen["labels"].tolist(), collator.ignore_index)
+
+
 def trained_text(collator: Any, example: Any) -> list[str]:
-    """The trained runs of one example as strings, in order.
+    """The trained runs of one example as strings, in order (``collator.trained_text``).
 
     >>> trained_text(collator, ids)  # doctest: +SKIP
     ['The capital is Paris.<|im_end|>']
     """
-    seen = _inspect(collator, example)
-    text: bytes = seen["text"]
-    out: list[str] = []
-    run_start = run_end = None
-    for (s, e), label in zip(_spans(seen["ends"]), seen["labels"].tolist()):
-        if label != collator.ignore_index:
-            if run_start is None:
-                run_start = s
-            run_end = e
-        elif run_start is not None:
-            out.append(text[run_start:run_end].decode("utf-8", "replace"))
-            run_start = None
-    if run_start is not None:
-        out.append(text[run_start:run_end].decode("utf-8", "replace"))
-    return out
+    return render_collated(collator, example).trained_text()
+
+
+# Whitespace made visible in HTML; each marker is styled apart from text that looks the same.
+_WS = {" ": "\u00b7", "\t": "\u2192", "\n": "\u21b5", "\r": "\u240d"}
+
+_CSS = """
+.sftmask{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;line-height:2}
+.sftmask .sm-legend{margin-bottom:6px;color:#333}
+.sftmask .sm-legend span.sm-tok{margin-right:8px}
+.sftmask .sm-tok{display:inline-block;border:1px solid;border-radius:3px;padding:0 2px;margin:0 1px 2px 0;
+  white-space:pre;line-height:1.5}
+.sftmask .sm-t{background:#c9f2c7;border-color:#3c9a3c;color:#000}
+.sftmask .sm-m{background:#f4f4f4;border-color:#d6d6d6;color:#8a8a8a}
+.sftmask .sm-s{font-weight:bold;font-style:italic;color:#6b2fa0}
+.sftmask .sm-m.sm-s{color:#a98bc4}
+.sftmask .sm-x{border-style:dashed;border-color:#d62728}
+.sftmask .sm-ws{color:#5b9bd5}
+.sftmask .sm-m .sm-ws{color:#b7cde3}
+.sftmask .sm-z{color:#bbb}
+"""
+
+
+def _html_text(text: str) -> str:
+    """Escaped token text with whitespace shown as markers."""
+    out = []
+    for ch in text:
+        if ch in _WS:
+            out.append(f'<span class="sm-ws">{_WS[ch]}</span>')
+        else:
+            out.append(html.escape(ch))
+    return "".join(out)
 
 
 class MaskView:
     """An example with its mask, ready to show.
+
+    ``print(view)`` gives ANSI colours in a terminal and ``[[…]]`` markers otherwise; in
+    Jupyter the view shows as HTML.
 
     >>> view = collator.render(example)  # doctest: +SKIP
     >>> print(view)  # doctest: +SKIP
@@ -77,6 +188,26 @@ class MaskView:
         """Share of tokens that are trained."""
         return sum(t.trained for t in self.tokens) / len(self.tokens) if self.tokens else 0.0
 
+    def trained_text(self) -> list[str]:
+        """The trained runs as strings, in order (for assertions in tests).
+
+        >>> view.trained_text()  # doctest: +SKIP
+        ['Paris.<|im_end|>\\n']
+        """
+        out: list[str] = []
+        run: list[bytes] | None = None
+        for t in self.tokens:
+            if t.trained:
+                if run is None:
+                    run = []
+                run.append(t.raw)
+            elif run is not None:
+                out.append(b"".join(run).decode("utf-8", "replace"))
+                run = None
+        if run is not None:
+            out.append(b"".join(run).decode("utf-8", "replace"))
+        return out
+
     def plain(self) -> str:
         """Text with ``[[`` and ``]]`` around trained runs."""
         out, inside = [], False
@@ -90,11 +221,15 @@ class MaskView:
         return "".join(out)
 
     def ansi(self) -> str:
-        """Text with trained tokens in bold green and masked ones dimmed."""
+        """Text with trained tokens in bold green, masked ones dimmed, special tokens in colour,
+        and line ends marked ``↵``."""
         out = []
         for t in self.tokens:
-            style = "\x1b[1;32m" if t.trained else "\x1b[2m"
-            out.append(f"{style}{t.text}\x1b[0m")
+            if t.trained:
+                style = "\x1b[1;32m" if not t.special else "\x1b[1;32;4m"
+            else:
+                style = "\x1b[2m" if not t.special else "\x1b[2;35m"
+            out.append(f"{style}{t.text.replace(chr(10), chr(0x21B5) + chr(10))}\x1b[0m")
         return "".join(out)
 
     def __str__(self) -> str:
@@ -105,35 +240,44 @@ class MaskView:
         return f"MaskView({len(self.tokens)} tokens, {self.trained_fraction:.0%} trained)"
 
     def _repr_html_(self) -> str:
+        return self.html()
+
+    def html(self) -> str:
+        """A self-contained HTML fragment: one box per token (green: trained, grey: masked),
+        special tokens in bold purple, whitespace as ``·`` ``↵`` ``→``, and a legend.
+
+        >>> open("mask.html", "w").write(view.html())  # doctest: +SKIP
+        """
         cells = []
         for t in self.tokens:
-            shown = html.escape(t.text).replace(" ", "\u00b7").replace("\n", "\u21b5<br>").replace("\t", "\u2192")
-            if not shown:
-                shown = "\u2205"  # a zero-width token (e.g. a phantom space) stays visible
-            cls = "sftmask-t" if t.trained else "sftmask-m"
-            cells.append(f'<span class="{cls}" title="id {t.id}">{shown}</span>')
-        style = (
-            "<style>.sftmask{font-family:monospace;white-space:normal;line-height:1.8}"
-            ".sftmask span{border:1px solid #ccc;border-radius:3px;padding:0 1px;margin:0 1px}"
-            ".sftmask-t{background:#c8f7c5;color:#000}"
-            ".sftmask-m{color:#999}</style>"
+            classes = ["sm-tok", "sm-t" if t.trained else "sm-m"]
+            if t.special:
+                classes.append("sm-s")
+            if t.trained and t.label is not None and t.label != t.id:
+                classes.append("sm-x")
+            shown = _html_text(t.text) if t.text else '<span class="sm-z">\u2205</span>'
+            label = "" if t.label is None else f", label {t.label}"
+            title = html.escape(f"id {t.id}{label}", quote=True)
+            cell = f'<span class="{" ".join(classes)}" title="{title}">{shown}</span>'
+            cells.append(cell + "<br>" * t.text.count("\n"))
+        trained = sum(t.trained for t in self.tokens)
+        mismatched = any(t.trained and t.label is not None and t.label != t.id for t in self.tokens)
+        legend = [
+            '<span class="sm-tok sm-t">trained</span>',
+            '<span class="sm-tok sm-m">masked</span>',
+            '<span class="sm-tok sm-m sm-s">special</span>',
+        ]
+        if mismatched:
+            legend.append('<span class="sm-tok sm-t sm-x">label \u2260 input id</span>')
+        legend.append(
+            '<span class="sm-ws">\u00b7</span> space &nbsp;<span class="sm-ws">\u21b5</span> newline '
+            '&nbsp;<span class="sm-ws">\u2192</span> tab &nbsp;<span class="sm-z">\u2205</span> zero-width '
+            "(phantom space) &nbsp;&nbsp;"
+            f"<strong>{trained}/{len(self.tokens)}</strong> tokens trained ({self.trained_fraction:.0%}); "
+            "hover a token for its id and label"
         )
-        legend = (
-            '<div class="sftmask">'
-            '<span class="sftmask-t">trained</span> <span class="sftmask-m">masked (-100)</span> '
-            f"{sum(t.trained for t in self.tokens)}/{len(self.tokens)} tokens trained</div>"
+        return (
+            f'<div class="sftmask"><style>{_CSS}</style>'
+            f'<div class="sm-legend">{" ".join(legend)}</div>'
+            f'<div class="sm-body">{"".join(cells)}</div></div>'
         )
-        return f'{style}{legend}<div class="sftmask">{"".join(cells)}</div>'
-
-
-def render(collator: Any, example: Any) -> MaskView:
-    """Renders one example as its collator masks it."""
-    seen = _inspect(collator, example)
-    text: bytes = seen["text"]
-    ids = _ids_of(example)
-    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    tokens = [
-        Token(int(i), text[s:e].decode("utf-8", "backslashreplace"), label != collator.ignore_index)
-        for i, (s, e), label in zip(ids, _spans(seen["ends"]), seen["labels"].tolist())
-    ]
-    return MaskView(tokens)

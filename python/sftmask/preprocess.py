@@ -1,0 +1,203 @@
+"""Preprocessing: tokenize and mask a dataset once, instead of masking every batch.
+
+>>> from sftmask import tokenize_and_mask
+>>> ds = ds.map(tokenize_and_mask, batched=True, input_columns="messages", remove_columns=ds.column_names,
+...             fn_kwargs={"tokenizer": tokenizer, "response_template": RESPONSE}, num_proc=8)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sftmask import _tokenizer
+from sftmask._core import Encoder, Masker
+from sftmask._core import tokenize_and_mask as _tokenize_and_mask
+
+# Parsing a tokenizer.json costs ~0.1 s: remember the Encoder per tokenizer object (weakly where
+# the object allows it, by identity otherwise) and per path, so a `datasets.map` worker pays it
+# once. The vocabulary size is part of the key: adding a token (a pad) invalidates the entry.
+_encoders: weakref.WeakKeyDictionary[Any, tuple[int, Encoder]] = weakref.WeakKeyDictionary()
+_encoders_strong: list[tuple[Any, Any, Encoder]] = []
+_maskers: dict[tuple[Any, ...], Masker] = {}
+_lock = threading.Lock()
+_CACHE_SIZE = 8
+
+
+def _tokenizer_json(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    if hasattr(backend, "to_str"):
+        return backend.to_str()
+    info = _tokenizer.resolve(tokenizer)
+    if info.json is None:  # pragma: no cover - resolve() reads the file for a path
+        raise TypeError(f"cannot read the tokenizer.json of {type(tokenizer).__name__}")
+    return info.json
+
+
+def _encoder(tokenizer: Any) -> Encoder:
+    """The Rust tokenizer for ``tokenizer``, cached."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        owner: Any = os.path.abspath(os.fspath(tokenizer))
+        size: Any = os.path.getmtime(owner) if os.path.exists(owner) else None
+    else:
+        owner = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        size = backend.get_vocab_size(with_added_tokens=True)
+    with _lock:
+        try:
+            hit = _encoders.get(owner)
+        except TypeError:  # not weakly referenceable: a path, a tokenizers.Tokenizer
+            hit = next(((s, e) for o, s, e in _encoders_strong if o is owner or o == owner), None)
+    if hit is not None and hit[0] == size:
+        return hit[1]
+    encoder = Encoder.from_json(_tokenizer_json(tokenizer))
+    with _lock:
+        try:
+            _encoders[owner] = (size, encoder)
+        except TypeError:
+            kept = [e for e in _encoders_strong if not (e[0] is owner or e[0] == owner)]
+            _encoders_strong[:] = [*kept[-(_CACHE_SIZE - 1) :], (owner, size, encoder)]
+    return encoder
+
+
+def _template_key(template: Any) -> Any:
+    return template if isinstance(template, str) else tuple(int(i) for i in template)
+
+
+def _masker(vocab: Any, response: Any, instructions: list[Any], ignore_index: int, train_on: str) -> Masker:
+    key = (
+        vocab.fingerprint,
+        len(vocab),
+        _template_key(response),
+        tuple(_template_key(t) for t in instructions),
+        ignore_index,
+        train_on,
+    )
+    with _lock:
+        hit = _maskers.get(key)
+    if hit is not None:
+        return hit
+    masker = Masker(vocab, response, instructions, ignore_index=ignore_index, train_on=train_on)
+    with _lock:
+        if len(_maskers) >= _CACHE_SIZE:
+            _maskers.pop(next(iter(_maskers)))
+        _maskers[key] = masker
+    return masker
+
+
+def _is_conversation(item: Any) -> bool:
+    return (
+        isinstance(item, Sequence) and not isinstance(item, (str, bytes)) and all(isinstance(m, Mapping) for m in item)
+    )
+
+
+def _texts(rows: Any, tokenizer: Any) -> tuple[list[str], bool]:
+    """The rows as texts, and whether they were rendered from messages."""
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise TypeError(
+            "texts_or_messages must be a list of strings or a list of conversations (lists of "
+            f"{{'role', 'content'}} dicts), got {type(rows).__name__}; wrap a single one in a list"
+        )
+    rows = list(rows)
+    if all(isinstance(r, str) for r in rows):
+        return rows, False
+    if all(_is_conversation(r) for r in rows):
+        if not hasattr(tokenizer, "apply_chat_template") or not getattr(tokenizer, "chat_template", None):
+            raise TypeError(
+                "messages are rendered with the tokenizer's chat template: pass a transformers tokenizer "
+                "that has one (tokenizer.chat_template), or pass the rendered texts"
+            )
+        return list(tokenizer.apply_chat_template(rows, tokenize=False)), True
+    bad = next(i for i, r in enumerate(rows) if not isinstance(r, str) and not _is_conversation(r))
+    raise TypeError(
+        f"row {bad}: expected a string or a conversation (a list of {{'role', 'content'}} dicts), "
+        f"got {type(rows[bad]).__name__}; all rows must be of one kind"
+    )
+
+
+def tokenize_and_mask(
+    texts_or_messages: Sequence[str] | Sequence[Sequence[Mapping[str, Any]]],
+    tokenizer: Any,
+    response_template: str | Sequence[int],
+    instruction_template: Any = None,
+    *,
+    max_length: int | None = None,
+    add_special_tokens: bool | None = None,
+    train_on: str = "all",
+    ignore_index: int = -100,
+    on_missing: str = "warn",
+    num_threads: int | None = None,
+) -> dict[str, list[list[int]]]:
+    """Tokenizes rows and computes their labels in one pass (Rust, in parallel, without the GIL).
+
+    The labels follow the collator's rule (``DataCollatorForCompletionOnlyLM``); train with
+    ``DataCollatorForCompletionOnlyLM(tokenizer=tokenizer, labels="keep")``, which only pads.
+    Made for ``datasets.map(batched=True, num_proc=N)``: the function pickles by name and its
+    thread pool survives ``fork``.
+
+    >>> out = tokenize_and_mask(["<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello<|im_end|>\\n"],
+    ...                         tokenizer, "<|im_start|>assistant\\n")  # doctest: +SKIP
+    >>> out.keys()  # doctest: +SKIP
+    dict_keys(['input_ids', 'labels'])
+
+    Args:
+        texts_or_messages: a list of texts, or a list of conversations (lists of
+            ``{"role": …, "content": …}``), which are rendered with the tokenizer's chat template
+            (transformers tokenizers only).
+        tokenizer: a transformers fast tokenizer, a ``tokenizers.Tokenizer``, or a path to
+            ``tokenizer.json`` or its folder.
+        response_template, instruction_template: as for the collator (text or token ids; a list
+            of instruction templates is allowed).
+        max_length: keep the first ``max_length`` tokens of each row (before masking).
+        add_special_tokens: let the tokenizer add BOS etc.; default ``True`` for texts (as
+            ``tokenizer(text)``) and ``False`` for messages (the chat template writes them).
+        train_on: ``"all"`` assistant turns, or only the ``"last"``.
+        ignore_index: the label of masked tokens.
+        on_missing: a row without a response template: ``"warn"`` (one warning per call),
+            ``"error"`` or ``"ignore"``.
+        num_threads: threads to use (default: ``RAYON_NUM_THREADS`` or all CPUs).
+
+    Returns:
+        ``{"input_ids": [[…], …], "labels": [[…], …]}``, one entry per row.
+    """
+    from sftmask.collator import _instruction_list
+
+    if on_missing not in ("warn", "error", "ignore"):
+        raise ValueError(f"on_missing must be 'warn', 'error' or 'ignore', got {on_missing!r}")
+    if train_on not in ("all", "last"):
+        raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+    if isinstance(response_template, str) and not response_template:
+        raise ValueError("response_template is empty")
+    texts, from_messages = _texts(texts_or_messages, tokenizer)
+    info = _tokenizer.resolve(tokenizer)
+    masker = _masker(info.vocab, response_template, _instruction_list(instruction_template), ignore_index, train_on)
+    if add_special_tokens is None:
+        add_special_tokens = not from_messages
+    input_ids, labels, (_tokens, _trained, _straddling, missing) = _tokenize_and_mask(
+        texts,
+        _encoder(tokenizer),
+        masker,
+        add_special_tokens=add_special_tokens,
+        max_length=max_length,
+        num_threads=num_threads,
+    )
+    if missing and on_missing != "ignore":
+        shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
+        if on_missing == "error":
+            raise ValueError(
+                f"row {missing[0]}: response template {response_template!r} not found ({len(missing)} of "
+                f"{len(texts)} rows lack it); check the template, or whether max_length cut it off"
+            )
+        warnings.warn(
+            f"{len(missing)} of {len(texts)} rows have no response template {response_template!r} (rows {shown}); "
+            f"all their labels are {ignore_index}. Check the template or increase max_length.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return {"input_ids": input_ids, "labels": labels}
