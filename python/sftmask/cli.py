@@ -1,4 +1,4 @@
-"""Command line: ``sftmask demo`` (and ``python -m sftmask demo``)."""
+"""Command line: ``sftmask demo`` and ``sftmask check`` (also as ``python -m sftmask …``)."""
 
 from __future__ import annotations
 
@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="collate the embedded sample chats and report exactness and speed")
     p_demo.add_argument("--row", type=int, default=None, help="which row to render (default: one TRL gets wrong)")
     p_demo.set_defaults(func=demo)
+    from sftmask.check import add_parser as add_check
+
+    add_check(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

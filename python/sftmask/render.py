@@ -123,10 +123,13 @@ def render_collated(collator: Any, example: Any) -> MaskView:
     if getattr(collator, "labels", "mask") == "keep":
         return _render_row(collator._vocab, example, None, collator.ignore_index)
     ids = example["input_ids"] if isinstance(example, Mapping) else example
-    seen = collator._masker.inspect(ids)
-    ids = _as_list(ids, "input_ids")
-    vocab = collator._vocab
-    return _build(vocab, ids, seen["text"], seen["ends"], seen["labels"].tolist(), collator.ignore_index)
+    return render_masked(collator._masker, collator._vocab, ids, collator.ignore_index)
+
+
+def render_masked(masker: Any, vocab: Any, ids: Any, ignore_index: int) -> MaskView:
+    """One row of ids as ``masker`` (a ``sftmask.Masker``) labels it."""
+    seen = masker.inspect(ids)
+    return _build(vocab, _as_list(ids, "input_ids"), seen["text"], seen["ends"], seen["labels"].tolist(), ignore_index)
 
 
 def trained_text(collator: Any, example: Any) -> list[str]:
