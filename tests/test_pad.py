@@ -9,9 +9,8 @@ import re
 import warnings
 
 import pytest
-from build_tokenizers import FAMILIES, fixture_info, tokenizer_path
-
 import sftmask
+from build_tokenizers import FAMILIES, fixture_info, tokenizer_path
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

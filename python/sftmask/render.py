@@ -158,17 +158,41 @@ _CSS = """
 .sftmask .sm-ws{color:#5b9bd5}
 .sftmask .sm-m .sm-ws{color:#b7cde3}
 .sftmask .sm-z{color:#bbb}
+.sftmask .sm-b{font-size:10px;color:#b35900;border:1px dotted #e0a060;border-radius:2px;padding:0 1px;margin:0 1px}
 """
 
 
-def _html_text(text: str) -> str:
-    """Escaped token text with whitespace shown as markers."""
-    out = []
-    for ch in text:
-        if ch in _WS:
-            out.append(f'<span class="sm-ws">{_WS[ch]}</span>')
+def _pieces(raw: bytes) -> list[tuple[str, bool]]:
+    """``raw`` as (text, False) runs and (hex, True) runs of bytes that are only part of a
+    character (byte-level tokens may split one, e.g. an emoji over three tokens)."""
+    out: list[tuple[str, bool]] = []
+    i = 0
+    while i < len(raw):
+        for k in (1, 2, 3, 4):
+            try:
+                ch = raw[i : i + k].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            out.append((ch, False))
+            i += k
+            break
         else:
-            out.append(html.escape(ch))
+            out.append((f"{raw[i]:02X}", True))
+            i += 1
+    return out
+
+
+def _html_text(token: Token) -> str:
+    """Escaped token text with whitespace shown as markers and split-character bytes as hex."""
+    pieces = _pieces(token.raw) if token.raw else [(ch, False) for ch in token.text]
+    out = []
+    for text, is_byte in pieces:
+        if is_byte:
+            out.append(f'<span class="sm-b" title="byte 0x{text} of a split character">{text}</span>')
+        elif text in _WS:
+            out.append(f'<span class="sm-ws">{_WS[text]}</span>')
+        else:
+            out.append(html.escape(text))
     return "".join(out)
 
 
@@ -258,7 +282,7 @@ class MaskView:
                 classes.append("sm-s")
             if t.trained and t.label is not None and t.label != t.id:
                 classes.append("sm-x")
-            shown = _html_text(t.text) if t.text else '<span class="sm-z">\u2205</span>'
+            shown = _html_text(t) if t.text else '<span class="sm-z">\u2205</span>'
             label = "" if t.label is None else f", label {t.label}"
             title = html.escape(f"id {t.id}{label}", quote=True)
             cell = f'<span class="{" ".join(classes)}" title="{title}">{shown}</span>'
@@ -272,6 +296,8 @@ class MaskView:
         ]
         if mismatched:
             legend.append('<span class="sm-tok sm-t sm-x">label \u2260 input id</span>')
+        if any(is_byte for t in self.tokens for _, is_byte in _pieces(t.raw)):
+            legend.append('<span class="sm-b">F0</span> byte of a character split across tokens')
         legend.append(
             '<span class="sm-ws">\u00b7</span> space &nbsp;<span class="sm-ws">\u21b5</span> newline '
             '&nbsp;<span class="sm-ws">\u2192</span> tab &nbsp;<span class="sm-z">\u2205</span> zero-width '
