@@ -1,9 +1,9 @@
 """Writes the HTML view of one masked example (docs/render_example.html) for the screenshot.
 
-Run by docs/render_screenshot.sh. Uses the Qwen2.5 tokenizer embedded in the package, a
-two-turn ChatML chat with HTML-looking text, tabs, a trailing space and an emoji (so escaping,
-whitespace markers and split UTF-8 bytes all show), and the labels of TRL 0.19.1's collator
-when TRL is installed (the legend then also shows rows TRL leaves untrained), else sftmask's.
+Run by docs/render_screenshot.sh. Uses the Qwen2.5 tokenizer embedded in the package and a
+two-turn ChatML chat with HTML-looking text, a tab, a trailing space and an emoji (so escaping,
+whitespace markers and split UTF-8 bytes all show), labelled by the collator and rendered from
+the batch with ``sftmask.render(input_ids, tokenizer, labels)``.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/render_example.html")
 folder = demo_tokenizer_dir()
 chat = [
     {"role": "system", "content": "You are terse."},
-    {"role": "user", "content": "Escape <b>bold</b> & \"quotes\" in HTML?"},
+    {"role": "user", "content": 'Escape <b>bold</b> & "quotes" in HTML?'},
     {"role": "assistant", "content": "Use &lt;b&gt; for <b>.\n\tIndented line, trailing space "},
     {"role": "user", "content": "And an emoji?"},
     {"role": "assistant", "content": "\nSure: 🦀 (a crab)."},
 ]
 text = render_chatml(chat)
-ids = sftmask.Encoder.from_json((folder / "tokenizer.json").read_text()).encode_batch([text], add_special_tokens=False)[0]
+encoder = sftmask.Encoder.from_json((folder / "tokenizer.json").read_text())
+ids = encoder.encode_batch([text], add_special_tokens=False)[0]
 collator = sftmask.DataCollatorForCompletionOnlyLM(
     CHATML_RESPONSE, CHATML_INSTRUCTIONS, tokenizer=folder, return_tensors="np"
 )
