@@ -527,7 +527,7 @@ def _scan_chunk(
     cut = [i for i, n in enumerate(lengths) if max_length is not None and n > max_length]
     seen = [r[:max_length] for r in rows] if cut else rows
     labels, (n, tokens, trained, straddling, missing, _) = _collate(exact, seen, fill, threads)
-    trl_labels, (_, _, _, _, trl_missing, trl_missing_instruction) = _collate(trl, seen, fill, threads)
+    trl_labels, _ = _collate(trl, seen, fill, threads)
     report.rows += n
     report.tokens += tokens
     report.trained_tokens += trained
@@ -535,7 +535,11 @@ def _scan_chunk(
     report.rows_without_template += len(missing)
     report.rows_truncated += len(cut)
     missing_set = set(missing)
-    lost = sorted((set(trl_missing) | set(trl_missing_instruction)) - missing_set)
+    # Rows sftmask trains and TRL's token matching leaves entirely untrained (template not
+    # found, instruction template not found, or its turn pairing masking everything).
+    trains = np.any(labels != -100, axis=1)
+    trl_trains = np.any(trl_labels != -100, axis=1)
+    lost = np.flatnonzero(trains & ~trl_trains).tolist()
     report.trl_rows_lost += len(lost)
     report.trl_rows_with_different_labels += int(np.any(labels != trl_labels, axis=1).sum())
     for i in missing:

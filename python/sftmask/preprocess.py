@@ -21,7 +21,7 @@ from sftmask._core import tokenize_and_mask as _tokenize_and_mask
 # Parsing a tokenizer.json costs ~0.1 s: remember the Encoder per tokenizer object (weakly where
 # the object allows it, by identity otherwise) and per path, so a `datasets.map` worker pays it
 # once. The vocabulary size is part of the key: adding a token (a pad) invalidates the entry.
-_encoders: weakref.WeakKeyDictionary[Any, tuple[int, Encoder]] = weakref.WeakKeyDictionary()
+_encoders: weakref.WeakKeyDictionary[Any, tuple[Any, Encoder]] = weakref.WeakKeyDictionary()
 _encoders_strong: list[tuple[Any, Any, Encoder]] = []
 _maskers: dict[tuple[Any, ...], Masker] = {}
 _lock = threading.Lock()
@@ -46,7 +46,9 @@ def _encoder(tokenizer: Any) -> Encoder:
     else:
         owner = tokenizer
         backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-        size = backend.get_vocab_size(with_added_tokens=True)
+        # Adding tokens (a pad) is what changes a built tokenizer; both counts are cheap, unlike
+        # get_vocab_size(with_added_tokens=True), which builds the whole vocabulary dict.
+        size = (backend.get_vocab_size(with_added_tokens=False), len(backend.get_added_tokens_decoder()))
     with _lock:
         try:
             hit = _encoders.get(owner)
