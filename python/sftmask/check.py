@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -74,7 +75,7 @@ def _jsonl_source(path: Path) -> Source:
 
     with open(path, "rb") as f:
         head = f.read(1 << 16).lstrip()
-    if head.startswith(b"["):
+    if path.suffix.lower() == ".json" and head.startswith(b"["):
         # A .json file holding one array of objects.
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
@@ -216,14 +217,26 @@ class Tokenizer:
         """The transformers tokenizer (for the chat template), loaded on first use."""
         if self._hf is None:
             try:
-                from transformers import AutoTokenizer
+                from transformers import AutoTokenizer, PreTrainedTokenizerFast
+                from transformers.utils import logging as hf_logging
             except ImportError:
                 raise CheckError("rendering messages needs transformers: pip install transformers") from None
             where = self.spec if self.path is None or self.path.is_dir() else str(self.path.parent)
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # our own message says what went wrong
             try:
-                self._hf = AutoTokenizer.from_pretrained(where)
+                try:
+                    self._hf = AutoTokenizer.from_pretrained(where)
+                except Exception:
+                    if self.path is None:
+                        raise
+                    # A local folder without a model config: tokenizer.json, plus tokenizer_config.json
+                    # or chat_template.jinja for the chat template when there is one.
+                    self._hf = PreTrainedTokenizerFast.from_pretrained(where)
             except Exception as e:
                 raise CheckError(f"cannot load the tokenizer {self.spec} with transformers: {_first_line(e)}") from None
+            finally:
+                hf_logging.set_verbosity(verbosity)
         return self._hf
 
     def chat_template_renderer(self) -> Callable[[list[Any]], list[str]]:
@@ -400,8 +413,8 @@ def _first_value(source: Source, column: str) -> Any:
 
 def scan(args: argparse.Namespace) -> tuple[Report, list[tuple[int, str, list[int]]], Any]:
     """Reads, tokenizes and masks every row; returns the report, the rows to show, and what renders them."""
-    from sftmask import Encoder, Masker
-    from sftmask import _tokenizer as tokenizer_mod
+    from sftmask import Masker
+    from sftmask.preprocess import _encoder
 
     source = open_source(args.data, args.split)
     tok = Tokenizer(args.tokenizer)
@@ -428,10 +441,14 @@ def scan(args: argparse.Namespace) -> tuple[Report, list[tuple[int, str, list[in
     report.column, report.column_kind = column, kind
 
     vocab = tok.info.vocab
+    encoder = _encoder(tok.target)
+
+    def encode_template(text: str) -> list[int]:
+        return encoder.encode_batch([text], add_special_tokens=False)[0]
+
     try:
         exact = Masker(vocab, response, instructions, train_on=args.train_on)
         # TRL tokenizes each template alone and takes one instruction template (the first here).
-        encode_template = tokenizer_mod.template_encoder(tok.target, tok.info)
         trl_instruction = [encode_template(instructions[0])] if instructions else None
         trl = Masker(
             vocab, encode_template(response), trl_instruction, compat="trl", pad_token_id=tok.info.pad_token_id
@@ -441,11 +458,6 @@ def scan(args: argparse.Namespace) -> tuple[Report, list[tuple[int, str, list[in
     fill = tok.info.pad_token_id if tok.info.pad_token_id is not None else 0  # exact masks padding by position
 
     render_messages = tok.chat_template_renderer() if kind == "messages" else None
-    encoder = None
-    if kind != "input_ids":
-        from sftmask.preprocess import _tokenizer_json
-
-        encoder = Encoder.from_json(_tokenizer_json(tok.target))
 
     want_show = max(args.show, 0)
     candidates: dict[str, list[tuple[int, list[int]]]] = {"no response template": [], "TRL would lose it": [], "": []}
@@ -503,11 +515,15 @@ def _render_chunk(render: Callable[[list[Any]], list[str]], chunk: list[Any], of
         raise CheckError(f"the chat template failed: {_first_line(e)}") from None
 
 
-def _collate(masker: Any, rows: list[list[int]], fill: int, threads: int | None) -> tuple[np.ndarray, Any]:
+def _collate(
+    masker: Any, rows: list[list[int]], fill: int, threads: int | None, offset: int = 0
+) -> tuple[np.ndarray, Any]:
     try:
         arrays, stats = masker.collate(rows, pad_token_id=fill, num_threads=threads)
-    except ValueError as e:
-        raise CheckError(str(e)) from None
+    except (ValueError, TypeError) as e:
+        # "row N" counts from this chunk's start: name the row of the file instead.
+        message = re.sub(r"^row (\d+)", lambda m: f"row {offset + int(m.group(1))}", _first_line(e))
+        raise CheckError(message) from None
     return arrays["labels"], stats
 
 
@@ -526,8 +542,8 @@ def _scan_chunk(
     lengths = [len(r) for r in rows]
     cut = [i for i, n in enumerate(lengths) if max_length is not None and n > max_length]
     seen = [r[:max_length] for r in rows] if cut else rows
-    labels, (n, tokens, trained, straddling, missing, _) = _collate(exact, seen, fill, threads)
-    trl_labels, _ = _collate(trl, seen, fill, threads)
+    labels, (n, tokens, trained, straddling, missing, _) = _collate(exact, seen, fill, threads, offset)
+    trl_labels, _ = _collate(trl, seen, fill, threads, offset)
     report.rows += n
     report.tokens += tokens
     report.trained_tokens += trained
