@@ -142,6 +142,9 @@ impl PyVocab {
     }
 
     /// `True` when `id` is an added or special token (`<|eot_id|>`, `<s>`, …).
+    ///
+    /// >>> vocab.is_added(128009)  # doctest: +SKIP
+    /// True
     fn is_added(&self, id: i64) -> bool {
         u32::try_from(id).is_ok_and(|id| self.inner.is_added(id))
     }

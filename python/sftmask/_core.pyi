@@ -68,7 +68,11 @@ class Vocab:
         """The id of the token whose text is ``content`` (added/special tokens first), or None."""
 
     def is_added(self, id: int) -> bool:
-        """``True`` when ``id`` is an added or special token (``<|eot_id|>``, ``<s>``, …)."""
+        """``True`` when ``id`` is an added or special token (``<|eot_id|>``, ``<s>``, …).
+
+        >>> vocab.is_added(128009)  # doctest: +SKIP
+        True
+        """
 
     def text(self, ids: _Ids) -> tuple[bytes, list[int]]:
         """The searchable text of ``ids`` and the end offset of every token in it."""

@@ -322,8 +322,8 @@ class Report:
 
     data: str
     format: str
-    column: str
-    column_kind: str
+    column: str | None
+    column_kind: str | None
     tokenizer: str
     response_template: str
     instruction_templates: list[str]
@@ -425,8 +425,8 @@ def scan(args: argparse.Namespace) -> tuple[Report, list[tuple[int, str, list[in
     report = Report(
         data=source.path,
         format=source.format,
-        column="",
-        column_kind="",
+        column=None,
+        column_kind=None,
         tokenizer=args.tokenizer,
         response_template=response,
         instruction_templates=instructions,
@@ -590,8 +590,9 @@ def _text_report(report: Report) -> str:
     def pct(x: float) -> str:
         return f"{x:.2%}"
 
+    what = f"column {report.column!r} as {report.column_kind}" if report.column else "no rows"
     lines = [
-        f"sftmask check: {report.data} ({report.format}, column {report.column!r} as {report.column_kind})",
+        f"sftmask check: {report.data} ({report.format}, {what})",
         f"tokenizer {report.tokenizer}; response template {report.response_template!r}"
         + (f"; instruction templates {report.instruction_templates!r}" if report.instruction_templates else ""),
         "",
@@ -641,6 +642,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("sftmask check: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sftmask check … | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as e:  # never a traceback for bad input; SFTMASK_DEBUG=1 shows it
         if os.environ.get("SFTMASK_DEBUG"):
             raise

@@ -126,7 +126,8 @@ class DataCollatorForCompletionOnlyLM:
         labels: ``"mask"`` (default) computes labels from the templates; ``"keep"`` takes each
             example's own ``labels`` (e.g. from ``sftmask.tokenize_and_mask``) and only pads or
             flattens them (padding and, flattened, each sequence's first label get
-            ``ignore_index``); the templates are then not needed.
+            ``ignore_index``); the templates are then not needed, and ``stats`` counts rows
+            whose given labels train nothing as ``rows_without_template``.
 
     With labels computed beforehand:
 
