@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+
 from build_tokenizers import tokenizer_path
 from chat_formats import CHATML, regions, render, truth_for
 from conftest import load_hf_tokenizer, load_tokenizer

@@ -9,6 +9,7 @@ import re
 import warnings
 
 import pytest
+
 import sftmask
 from build_tokenizers import FAMILIES, fixture_info, tokenizer_path
 

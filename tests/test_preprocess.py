@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 import sftmask
 from build_tokenizers import tokenizer_path
 from chat_formats import CHATML, FORMATS, render, truth_for

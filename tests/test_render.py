@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+
 import sftmask
 from build_tokenizers import tokenizer_path
 from chat_formats import CHATML, LLAMA3, render, truth_for
