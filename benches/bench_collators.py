@@ -521,6 +521,7 @@ def machine_info() -> dict[str, Any]:
             return "?"
 
     dirty = " + uncommitted changes" if git("status", "--porcelain", "--", "src", "python") else ""
+    source, head = git("log", "-1", "--format=%h", "--", "src", "python"), git("rev-parse", "--short", "HEAD")
     return {
         "cpu": cpu,
         "cpus": os.cpu_count(),
@@ -533,7 +534,7 @@ def machine_info() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "trl": trl.__version__,
         "tokenizers": tokenizers.__version__,
-        "sftmask": f"{sftmask.__version__}, commit {git('rev-parse', '--short', 'HEAD')}{dirty}",
+        "sftmask": f"{sftmask.__version__}, src/ and python/ at commit {source}{dirty} (checkout {head})",
         "sftmask_threads": os.environ.get("RAYON_NUM_THREADS", f"default ({os.cpu_count()})"),
     }
 

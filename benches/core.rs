@@ -15,6 +15,9 @@
 //! - `collate`: [`Masker::collate`] (output allocation + padding or flattening + masking) on
 //!   batches of 8 and 64 rows, on 1 and 2 threads, next to the bare copy floor (allocate the
 //!   padded `[B, L]` int64 array and copy the ids into it).
+//! - `what_if`, `what_if_text`: prototypes of changes the profile suggested (not the crate's
+//!   code), each next to the crate's own function on the same input: parsing tokenizer.json
+//!   without `#[serde(flatten)]` on the model, and a 16-byte-slot table for the searchable text.
 //!
 //! The tokenizer comes from the test fixtures (`tests/fixtures/build_tokenizers.py` builds it):
 //! `$SFTMASK_BENCH_TOKENIZER_DIR` (a folder holding `tokenizer.json`, or the fixture cache with
@@ -51,7 +54,11 @@ fn tokenizer_json_path() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("SFTMASK_TOKENIZER_CACHE") {
         dirs.push(PathBuf::from(d));
     }
-    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(".tokenizer-cache"));
+    dirs.push(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join(".tokenizer-cache"),
+    );
     dirs.into_iter().flat_map(candidates).find(|p| p.is_file())
 }
 
@@ -77,13 +84,83 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "the", "model", "answer", "data", "training", "function", "returns", "value", "because", "which", "token",
-    "sequence", "example", "should", "would", "could", "about", "between", "result", "python", "error", "memory",
-    "batch", "question", "explain", "simple", "important", "different", "people", "history", "river", "mountain",
-    "energy", "system", "language", "number", "first", "second", "however", "therefore", "algorithm", "request",
-    "server", "client", "performance", "gradient", "loss", "layer", "attention", "the", "a", "of", "to", "and",
-    "in", "is", "it", "that", "for", "on", "with", "as", "this", "be", "are", "was", "by", "from", "or", "an",
-    "café", "naïve", "Zürich", "東京", "数据", "🙂", "résumé",
+    "the",
+    "model",
+    "answer",
+    "data",
+    "training",
+    "function",
+    "returns",
+    "value",
+    "because",
+    "which",
+    "token",
+    "sequence",
+    "example",
+    "should",
+    "would",
+    "could",
+    "about",
+    "between",
+    "result",
+    "python",
+    "error",
+    "memory",
+    "batch",
+    "question",
+    "explain",
+    "simple",
+    "important",
+    "different",
+    "people",
+    "history",
+    "river",
+    "mountain",
+    "energy",
+    "system",
+    "language",
+    "number",
+    "first",
+    "second",
+    "however",
+    "therefore",
+    "algorithm",
+    "request",
+    "server",
+    "client",
+    "performance",
+    "gradient",
+    "loss",
+    "layer",
+    "attention",
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "is",
+    "it",
+    "that",
+    "for",
+    "on",
+    "with",
+    "as",
+    "this",
+    "be",
+    "are",
+    "was",
+    "by",
+    "from",
+    "or",
+    "an",
+    "café",
+    "naïve",
+    "Zürich",
+    "東京",
+    "数据",
+    "🙂",
+    "résumé",
 ];
 
 fn sentence(rng: &mut Rng, out: &mut String) {
@@ -195,7 +272,12 @@ fn synthetic_262k(json: &str) -> String {
         .max()
         .expect("ids") as usize
         + 1;
-    let base: Vec<String> = file["model"]["vocab"].as_object().expect("model.vocab").keys().cloned().collect();
+    let base: Vec<String> = file["model"]["vocab"]
+        .as_object()
+        .expect("model.vocab")
+        .keys()
+        .cloned()
+        .collect();
     let mut seen: HashSet<String> = base.iter().cloned().collect();
     let mut rng = Rng(0x5EED_0262);
     let mut new_tokens = Vec::with_capacity(TARGET - next_id);
@@ -241,7 +323,11 @@ fn bench_vocab(c: &mut Criterion, fx: &Fixture) {
     g.sample_size(10);
     for (name, json) in [("llama3_128k", &fx.json), ("synthetic_262k", &fx.json_262k)] {
         let v = Vocab::from_json(json).expect("vocab");
-        eprintln!("{name}: {} ids, tokenizer.json {:.1} MB", v.len(), json.len() as f64 / 1e6);
+        eprintln!(
+            "{name}: {} ids, tokenizer.json {:.1} MB",
+            v.len(),
+            json.len() as f64 / 1e6
+        );
         g.bench_function(name, |b| b.iter(|| Vocab::from_json(black_box(json)).expect("vocab")));
     }
     g.finish();
@@ -250,7 +336,9 @@ fn bench_vocab(c: &mut Criterion, fx: &Fixture) {
     g.sample_size(20);
     for (name, json) in [("llama3_128k", &fx.json), ("synthetic_262k", &fx.json_262k)] {
         Vocab::cached_from_json(json).expect("vocab");
-        g.bench_function(name, |b| b.iter(|| Vocab::cached_from_json(black_box(json)).expect("vocab")));
+        g.bench_function(name, |b| {
+            b.iter(|| Vocab::cached_from_json(black_box(json)).expect("vocab"))
+        });
     }
     g.finish();
 }
@@ -273,7 +361,13 @@ fn bench_row(c: &mut Criterion, fx: &Fixture) {
         let mut labels = vec![0i64; ids.len()];
         text.build(vocab, &ids, 0).expect("text");
         templates.find(text.bytes(), &mut occ);
-        regions(&occ, text.bytes().len() as u32, templates.has_instructions(), TrainOn::All, &mut regs);
+        regions(
+            &occ,
+            text.bytes().len() as u32,
+            templates.has_instructions(),
+            TrainOn::All,
+            &mut regs,
+        );
         assert!(!regs.is_empty(), "{case}: no response region");
         g.bench_function(BenchmarkId::new("text", case), |b| {
             b.iter(|| text.build(vocab, black_box(&ids), 0).expect("text"))
@@ -299,7 +393,13 @@ fn bench_row(c: &mut Criterion, fx: &Fixture) {
             b.iter(|| {
                 text.build(vocab, black_box(&ids), 0).expect("text");
                 templates.find(text.bytes(), &mut occ);
-                regions(&occ, text.bytes().len() as u32, templates.has_instructions(), TrainOn::All, &mut regs);
+                regions(
+                    &occ,
+                    text.bytes().len() as u32,
+                    templates.has_instructions(),
+                    TrainOn::All,
+                    &mut regs,
+                );
                 fill_labels(&ids, &text, &regs, IGNORE, &mut labels)
             })
         });
@@ -358,12 +458,212 @@ fn bench_collate(c: &mut Criterion, fx: &Fixture) {
                 g.bench_function(BenchmarkId::new(format!("{layout_name}_t{threads}"), &case), |b| {
                     b.iter(|| {
                         let mut batch = Batch::new(lengths.clone(), layout, PAD_ID, IGNORE).expect("batch");
-                        let stats = masker.collate(&mut batch, black_box(&sources), threads).expect("collate");
+                        let stats = masker
+                            .collate(&mut batch, black_box(&sources), threads)
+                            .expect("collate");
                         (batch, stats)
                     })
                 });
             }
         }
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// What-if prototypes: NOT the crate's code. Each one measures a change the profile suggested,
+// next to the crate's own function on the same input, so the gain is a number, not a guess.
+
+mod what_if {
+    use std::fmt;
+
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    /// `model.vocab` as (id, token) pairs, read the way `src/vocab.rs` reads it.
+    pub struct Pairs(#[allow(dead_code)] pub Vec<(u32, String)>);
+
+    impl<'de> Deserialize<'de> for Pairs {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Pairs;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a map of token to id")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Pairs, A::Error> {
+                    let mut out = Vec::with_capacity(m.size_hint().unwrap_or(0));
+                    while let Some((token, id)) = m.next_entry::<String, u32>()? {
+                        out.push((id, token));
+                    }
+                    Ok(Pairs(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+
+    /// The fields `Vocab::from_json` reads, with `#[serde(flatten)] _rest: IgnoredAny` on the
+    /// model as in `src/vocab.rs` (serde then buffers every unknown model field, i.e. the
+    /// merges, into its internal `Content` tree before ignoring it).
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    pub struct FileFlatten {
+        #[serde(default)]
+        added_tokens: Vec<Value>,
+        #[serde(default)]
+        normalizer: Option<Value>,
+        #[serde(default)]
+        pre_tokenizer: Option<Value>,
+        #[serde(default)]
+        post_processor: Option<Value>,
+        #[serde(default)]
+        decoder: Option<Value>,
+        model: ModelFlatten,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct ModelFlatten {
+        #[serde(rename = "type", default)]
+        kind: Option<String>,
+        #[serde(default)]
+        vocab: Option<Pairs>,
+        #[serde(default)]
+        byte_fallback: Option<bool>,
+        #[serde(default)]
+        continuing_subword_prefix: Option<String>,
+        #[serde(flatten)]
+        _rest: IgnoredAny,
+    }
+
+    /// The same without the flatten: unknown fields (the merges) are skipped while parsing.
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    pub struct FilePlain {
+        #[serde(default)]
+        added_tokens: Vec<Value>,
+        #[serde(default)]
+        normalizer: Option<Value>,
+        #[serde(default)]
+        pre_tokenizer: Option<Value>,
+        #[serde(default)]
+        post_processor: Option<Value>,
+        #[serde(default)]
+        decoder: Option<Value>,
+        model: ModelPlain,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct ModelPlain {
+        #[serde(rename = "type", default)]
+        kind: Option<String>,
+        #[serde(default)]
+        vocab: Option<Pairs>,
+        #[serde(default)]
+        byte_fallback: Option<bool>,
+        #[serde(default)]
+        continuing_subword_prefix: Option<String>,
+    }
+
+    pub fn parse_flatten(json: &str) -> FileFlatten {
+        serde_json::from_str(json).expect("parse")
+    }
+
+    pub fn parse_plain(json: &str) -> FilePlain {
+        serde_json::from_str(json).expect("parse")
+    }
+
+    /// A byte table with one 16-byte slot per id (token bytes, length in the last byte; 255 =
+    /// unknown id or longer than 15 bytes, read from the crate's table instead): one cache line
+    /// per token instead of three (starts, flags, bytes), and a fixed 16-byte copy instead of a
+    /// `memcpy` call per token. Byte-level tokenizers only (no phantom rule), enough for Llama-3.
+    pub struct Fixed16 {
+        slots: Vec<[u8; 16]>,
+    }
+
+    impl Fixed16 {
+        pub fn new(vocab: &sftmask::Vocab) -> Self {
+            let slots = (0..vocab.len() as u32)
+                .map(|id| {
+                    let mut slot = [0u8; 16];
+                    slot[15] = 255;
+                    if let Some(b) = vocab.token_bytes(id) {
+                        if b.len() <= 15 {
+                            slot[..b.len()].copy_from_slice(b);
+                            slot[15] = b.len() as u8;
+                        }
+                    }
+                    slot
+                })
+                .collect();
+            Fixed16 { slots }
+        }
+
+        /// Fills `bytes` and `ends` like `SearchText::build` (same output for byte-level vocabularies).
+        pub fn build(&self, vocab: &sftmask::Vocab, ids: &[i64], bytes: &mut Vec<u8>, ends: &mut Vec<u32>) {
+            bytes.clear();
+            ends.clear();
+            ends.reserve(ids.len());
+            bytes.reserve(ids.len() * 16 + 16);
+            let mut len = 0usize;
+            for (k, &id) in ids.iter().enumerate() {
+                let slot = usize::try_from(id)
+                    .ok()
+                    .and_then(|i| self.slots.get(i))
+                    .expect("id in vocabulary");
+                let n = slot[15] as usize;
+                if n <= 15 {
+                    // SAFETY: capacity >= len + 16: reserved 16 bytes per remaining id (+16), and
+                    // every id so far wrote at most 15.
+                    unsafe { std::ptr::copy_nonoverlapping(slot.as_ptr(), bytes.as_mut_ptr().add(len), 16) };
+                    len += n;
+                } else {
+                    let long = vocab.token_bytes(id as u32).expect("id in vocabulary");
+                    // SAFETY: the first `len` bytes were written above.
+                    unsafe { bytes.set_len(len) };
+                    bytes.extend_from_slice(long);
+                    len = bytes.len();
+                    bytes.reserve((ids.len() - k) * 16 + 16);
+                }
+                ends.push(len as u32);
+            }
+            // SAFETY: the first `len` bytes were written above, within capacity.
+            unsafe { bytes.set_len(len) };
+        }
+    }
+}
+
+fn bench_what_if(c: &mut Criterion, fx: &Fixture) {
+    let mut g = c.benchmark_group("what_if");
+    g.sample_size(10);
+    g.bench_function("parse_model_with_flatten_llama3", |b| {
+        b.iter(|| what_if::parse_flatten(black_box(&fx.json)))
+    });
+    g.bench_function("parse_model_without_flatten_llama3", |b| {
+        b.iter(|| what_if::parse_plain(black_box(&fx.json)))
+    });
+    g.finish();
+
+    let fixed = what_if::Fixed16::new(&fx.vocab);
+    let mut g = c.benchmark_group("what_if_text");
+    for (case, turns, lo, hi) in [("single_1k", 1, 700, 1200), ("multi_8k", 8, 7000, 9000)] {
+        let ids = rows(&fx.tokenizer, 42, 1, lo, hi, turns).remove(0);
+        let mut text = SearchText::default();
+        text.build(&fx.vocab, &ids, 0).expect("text");
+        let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+        fixed.build(&fx.vocab, &ids, &mut bytes, &mut ends);
+        assert_eq!(bytes, text.bytes(), "{case}: prototype text differs");
+        assert_eq!(ends, text.ends(), "{case}: prototype offsets differ");
+        g.throughput(Throughput::Elements(ids.len() as u64));
+        g.bench_function(BenchmarkId::new("crate_SearchText_build", case), |b| {
+            b.iter(|| text.build(&fx.vocab, black_box(&ids), 0).expect("text"))
+        });
+        g.bench_function(BenchmarkId::new("fixed16_slots", case), |b| {
+            b.iter(|| fixed.build(&fx.vocab, black_box(&ids), &mut bytes, &mut ends))
+        });
     }
     g.finish();
 }
@@ -392,5 +692,6 @@ fn main() {
     bench_vocab(&mut c, &fx);
     bench_row(&mut c, &fx);
     bench_collate(&mut c, &fx);
+    bench_what_if(&mut c, &fx);
     c.final_summary();
 }
