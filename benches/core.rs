@@ -15,9 +15,8 @@
 //! - `collate`: [`Masker::collate`] (output allocation + padding or flattening + masking) on
 //!   batches of 8 and 64 rows, on 1 and 2 threads, next to the bare copy floor (allocate the
 //!   padded `[B, L]` int64 array and copy the ids into it).
-//! - `what_if`, `what_if_text`: prototypes of changes the profile suggested (not the crate's
-//!   code), each next to the crate's own function on the same input: parsing tokenizer.json
-//!   without `#[serde(flatten)]` on the model, and a 16-byte-slot table for the searchable text.
+//! - `what_if_text`: a prototype of a change the profile suggested (not the crate's code), next
+//!   to the crate's own function on the same input: a 16-byte-slot table for the searchable text.
 //!
 //! The tokenizer comes from the test fixtures (`tests/fixtures/build_tokenizers.py` builds it):
 //! `$SFTMASK_BENCH_TOKENIZER_DIR` (a folder holding `tokenizer.json`, or the fixture cache with
@@ -471,111 +470,10 @@ fn bench_collate(c: &mut Criterion, fx: &Fixture) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// What-if prototypes: NOT the crate's code. Each one measures a change the profile suggested,
-// next to the crate's own function on the same input, so the gain is a number, not a guess.
+// What-if prototype: NOT the crate's code. It measures a change the profile suggested, next to
+// the crate's own function on the same input, so the gain is a number, not a guess.
 
 mod what_if {
-    use std::fmt;
-
-    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-    use serde::Deserialize;
-    use serde_json::Value;
-
-    /// `model.vocab` as (id, token) pairs, read the way `src/vocab.rs` reads it.
-    pub struct Pairs(#[allow(dead_code)] pub Vec<(u32, String)>);
-
-    impl<'de> Deserialize<'de> for Pairs {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Pairs;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a map of token to id")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Pairs, A::Error> {
-                    let mut out = Vec::with_capacity(m.size_hint().unwrap_or(0));
-                    while let Some((token, id)) = m.next_entry::<String, u32>()? {
-                        out.push((id, token));
-                    }
-                    Ok(Pairs(out))
-                }
-            }
-            d.deserialize_map(V)
-        }
-    }
-
-    /// The fields `Vocab::from_json` reads, with `#[serde(flatten)] _rest: IgnoredAny` on the
-    /// model as in `src/vocab.rs` (serde then buffers every unknown model field, i.e. the
-    /// merges, into its internal `Content` tree before ignoring it).
-    #[derive(Deserialize)]
-    #[allow(dead_code)]
-    pub struct FileFlatten {
-        #[serde(default)]
-        added_tokens: Vec<Value>,
-        #[serde(default)]
-        normalizer: Option<Value>,
-        #[serde(default)]
-        pre_tokenizer: Option<Value>,
-        #[serde(default)]
-        post_processor: Option<Value>,
-        #[serde(default)]
-        decoder: Option<Value>,
-        model: ModelFlatten,
-    }
-
-    #[derive(Deserialize)]
-    #[allow(dead_code)]
-    struct ModelFlatten {
-        #[serde(rename = "type", default)]
-        kind: Option<String>,
-        #[serde(default)]
-        vocab: Option<Pairs>,
-        #[serde(default)]
-        byte_fallback: Option<bool>,
-        #[serde(default)]
-        continuing_subword_prefix: Option<String>,
-        #[serde(flatten)]
-        _rest: IgnoredAny,
-    }
-
-    /// The same without the flatten: unknown fields (the merges) are skipped while parsing.
-    #[derive(Deserialize)]
-    #[allow(dead_code)]
-    pub struct FilePlain {
-        #[serde(default)]
-        added_tokens: Vec<Value>,
-        #[serde(default)]
-        normalizer: Option<Value>,
-        #[serde(default)]
-        pre_tokenizer: Option<Value>,
-        #[serde(default)]
-        post_processor: Option<Value>,
-        #[serde(default)]
-        decoder: Option<Value>,
-        model: ModelPlain,
-    }
-
-    #[derive(Deserialize)]
-    #[allow(dead_code)]
-    struct ModelPlain {
-        #[serde(rename = "type", default)]
-        kind: Option<String>,
-        #[serde(default)]
-        vocab: Option<Pairs>,
-        #[serde(default)]
-        byte_fallback: Option<bool>,
-        #[serde(default)]
-        continuing_subword_prefix: Option<String>,
-    }
-
-    pub fn parse_flatten(json: &str) -> FileFlatten {
-        serde_json::from_str(json).expect("parse")
-    }
-
-    pub fn parse_plain(json: &str) -> FilePlain {
-        serde_json::from_str(json).expect("parse")
-    }
-
     /// A byte table with one 16-byte slot per id (token bytes, length in the last byte; 255 =
     /// unknown id or longer than 15 bytes, read from the crate's table instead): one cache line
     /// per token instead of three (starts, flags, bytes), and a fixed 16-byte copy instead of a
@@ -637,16 +535,6 @@ mod what_if {
 }
 
 fn bench_what_if(c: &mut Criterion, fx: &Fixture) {
-    let mut g = c.benchmark_group("what_if");
-    g.sample_size(10);
-    g.bench_function("parse_model_with_flatten_llama3", |b| {
-        b.iter(|| what_if::parse_flatten(black_box(&fx.json)))
-    });
-    g.bench_function("parse_model_without_flatten_llama3", |b| {
-        b.iter(|| what_if::parse_plain(black_box(&fx.json)))
-    });
-    g.finish();
-
     let fixed = what_if::Fixed16::new(&fx.vocab);
     let mut g = c.benchmark_group("what_if_text");
     for (case, turns, lo, hi) in [("single_1k", 1, 700, 1200), ("multi_8k", 8, 7000, 9000)] {

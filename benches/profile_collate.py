@@ -42,11 +42,12 @@ def main() -> int:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
-    import sftmask
     import torch
-    from sftmask import collator as collator_mod
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
+
+    import sftmask
+    from sftmask import collator as collator_mod
 
     torch.set_num_threads(1)
     path = bc.find_tokenizer(None)
