@@ -37,8 +37,8 @@ SPEC.md's region rule, mapped to tokens through the tokenizer's character offset
 
 Usage::
 
-    python benches/bench_collators.py            # full grid, writes benches/RESULTS.md (~8 min, 2 cores)
-    python benches/bench_collators.py --quick    # smoke run (~1 min), prints only (or --out FILE)
+    python benches/bench_collators.py            # full grid, writes benches/RESULTS.md (~3-4 min, 2 cores)
+    python benches/bench_collators.py --quick    # smoke run (<1 min), prints only (or --out FILE)
 """
 
 from __future__ import annotations
