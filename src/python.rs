@@ -709,8 +709,17 @@ fn copy_list(list: &Bound<'_, PyList>, out: &mut [i64], row: usize) -> PyResult<
             "row {row}: the list changed size while being read"
         )));
     }
+    let py = list.py();
     for (position, slot) in out.iter_mut().enumerate() {
-        let item = list.get_item(position)?;
+        // SAFETY: a borrowed reference (no refcount traffic) from a list we hold; the index is
+        // in range (checked above), and a NULL (the list shrank under a `__index__` call) is
+        // turned into the pending Python error.
+        let item = unsafe { ffi::PyList_GetItem(list.as_ptr(), position as ffi::Py_ssize_t) };
+        if item.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: `item` is a valid borrowed reference while the list is alive and unchanged.
+        let item = unsafe { Borrowed::from_ptr(py, item) };
         *slot = id_from(&item, row, position)?;
     }
     Ok(())
