@@ -2,7 +2,8 @@
 # Short fuzz run for CI (about 50 s of fuzzing, plus the build the first time).
 #
 # With a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`): libFuzzer with coverage
-# guidance on both targets, seeded from fuzz/corpus/ when present. Without them: the stable
+# guidance on both targets, from empty corpora (a big local corpus in fuzz/corpus/ would take
+# longer than the budget just to load; long runs use it, see docs/fuzzing.md). Without them: the stable
 # fallback (tests/stable_fuzz.rs), seeded pseudo-random inputs through the same checks.
 # Either way a crash, panic or violated invariant fails the script, and libFuzzer leaves the input
 # in fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run <target> <file>).
@@ -28,10 +29,12 @@ if [ "$mode" = libfuzzer ]; then
     cargo +nightly fuzz build -a vocab_json
     structured=$((budget * 4 / 5))
     raw=$((budget - structured))
-    mkdir -p corpus/collate corpus/vocab_json
-    cargo +nightly fuzz run -a collate corpus/collate -- \
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    mkdir -p "$scratch/collate" "$scratch/vocab_json"
+    cargo +nightly fuzz run -a collate "$scratch/collate" -- \
         -max_total_time="$structured" -max_len=2048 -len_control=0 -rss_limit_mb=4096 -timeout=60 -print_final_stats=1
-    cargo +nightly fuzz run -a vocab_json corpus/vocab_json -- \
+    cargo +nightly fuzz run -a vocab_json "$scratch/vocab_json" -- \
         -max_total_time="$raw" -dict=tokenizer.dict -max_len=4096 -rss_limit_mb=4096 -timeout=60 -print_final_stats=1
 else
     cargo test --no-default-features --no-run

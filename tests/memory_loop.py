@@ -33,9 +33,10 @@ def rss_mb() -> float:
 
 
 def make_rows(family: str, n: int, seed: int = 0) -> list[list[int]]:
+    from tokenizers import Tokenizer
+
     from build_tokenizers import tokenizer_path
     from chat_formats import CHATML
-    from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_path(family)))
     rng = random.Random(seed)

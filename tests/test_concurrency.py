@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+
 import synthetic
 from build_tokenizers import tokenizer_path
 from conftest import load_tokenizer

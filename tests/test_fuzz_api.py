@@ -14,9 +14,10 @@ import warnings
 
 import numpy as np
 import pytest
-import synthetic
 from hypothesis import assume, event, given, note
 from hypothesis import strategies as st
+
+import synthetic
 from sftmask import DataCollatorForCompletionOnlyLM, Vocab
 
 TEXT_TEMPLATES = ["Bot:", " Bot:", "Bot", ":\n", "<|a|>", "<|a|>Bot:", "a", " ", "\n\n", "é", "b:", "User:\n"]

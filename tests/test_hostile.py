@@ -21,9 +21,10 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
+
 import sftmask
 import synthetic
-import torch
 from build_tokenizers import tokenizer_path
 from conftest import load_tokenizer
 from sftmask import DataCollatorForCompletionOnlyLM, TokenizerError
@@ -207,7 +208,7 @@ def test_nested_and_misshapen_examples(collator, example, error, match):
 
 def test_ragged_rows_are_padded(collator):
     """Rows of different lengths are the normal case: padded to the longest, masks by position."""
-    out = collator([ROW, [7, 9], []], return_tensors="np")
+    out = quiet(collator, [ROW, [7, 9], []], return_tensors="np")
     assert out["input_ids"].tolist() == [ROW, [7, 9, PAD, PAD, PAD], [PAD] * 5]
     assert out["labels"].tolist() == [ROW_LABELS, [-100, 9, -100, -100, -100], [-100] * 5]
     assert out["attention_mask"].tolist() == [[1] * 5, [1, 1, 0, 0, 0], [0] * 5]
@@ -487,7 +488,7 @@ def test_template_longer_than_every_row(tok_path):
         ([10**30], TypeError, "response_template must be a str or a sequence of token ids"),
         (np.array([7.0]), TypeError, "response_template must be a str or a sequence of token ids"),
         (np.array([[7]]), TypeError, "response_template must be a str or a sequence of token ids"),
-        (None, TypeError, "response_template must be a str or a sequence of token ids, got NoneType"),
+        (None, TypeError, r"response_template is required \(or pass labels='keep'"),
         (7, TypeError, "response_template must be a str or a sequence of token ids, got int"),
         (b"Bot:", TypeError, "got bytes"),
     ],
@@ -619,6 +620,8 @@ PRECOMPILED = {
     "trie pointing outside": "CAAAAP////8BAgMEYWJj",
     "null": None,
     "not base64": "!!!",
+    # a trie size of 2**32 - 1: spm_precompiled reserves 2**30 words (8 GB) before reading it.
+    "huge trie size": "/////w==",
 }
 
 
@@ -638,6 +641,63 @@ def test_corrupt_precompiled_normalizer_raises_tokenizer_error(tok_path, charsma
     except BaseException as e:
         pytest.fail(f"{type(e).__name__}: {e}")
     pytest.fail("accepted")
+
+
+def test_real_precompiled_normalizer_is_applied_to_templates(tmp_path):
+    """A genuine SentencePiece charsmap (nmt_nfkc, as ALBERT/T5 ship) is read and applied to templates,
+    so a fix for corrupt charsmaps must keep accepting it."""
+    spm = pytest.importorskip("sentencepiece")
+    from transformers import AlbertTokenizer
+    from transformers.convert_slow_tokenizer import convert_slow_tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(("Hello world. Ｆｕｌｌｗｉｄｔｈ text, café, naïve.\n" * 40) * 5)
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(tmp_path / "tiny"),
+        vocab_size=40,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        normalization_rule_name="nmt_nfkc",
+        minloglevel=2,
+    )
+    text = convert_slow_tokenizer(AlbertTokenizer(str(tmp_path / "tiny.model"))).to_str()
+    assert '"Precompiled"' in text
+    masker = sftmask.Masker(sftmask.Vocab.from_json(text), "Ｆｕｌｌ")
+    assert masker.response_template == b"full"
+
+
+_MEMORY_LIMITED_CHILD = """
+import base64, json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))  # a worker with a memory limit
+import sftmask
+text = json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "decoder": {"type": "ByteLevel"},
+                   "normalizer": {"type": "Precompiled", "precompiled_charsmap": sys.argv[1]}})
+try:
+    sftmask.Vocab.from_json(text)
+    print("accepted")
+except Exception as e:
+    print(type(e).__name__)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS")
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a 4-byte Precompiled charsmap claiming a 4 GB trie makes spm_precompiled (through "
+    "tokenizers, from src/vocab.rs template_normalizers) allocate 8 GB up front; under a memory limit "
+    "the allocation fails and the process aborts (SIGABRT) instead of raising TokenizerError",
+)
+def test_precompiled_charsmap_claiming_a_huge_trie_does_not_abort_a_memory_limited_process():
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_LIMITED_CHILD, PRECOMPILED["huge trie size"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RUST_BACKTRACE": "0"},
+    )
+    assert out.returncode == 0, f"the process died (rc {out.returncode}): {out.stderr[-300:]}"
+    assert out.stdout.strip() == "TokenizerError"
 
 
 def _path_with(tmp_path, tokenizer_json=None, config=None, raw=None):
@@ -768,3 +828,114 @@ def test_low_level_api_hostile_arguments(collator):
     with pytest.raises(ValueError, match="not in the vocabulary"):
         collator.trained_text([99])
     assert collator.render([]).plain() == ""
+
+
+# -- labels="keep" (the examples' own labels are padded, not computed) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def keep(tok_path):
+    return DataCollatorForCompletionOnlyLM(tokenizer=tok_path, pad_token_id=PAD, labels="keep", return_tensors="np")
+
+
+@pytest.mark.parametrize(
+    ("example", "error", "match"),
+    [
+        ({"input_ids": [6, 7, 9], "labels": [1]}, ValueError, "row 0: 1 labels for 3 input_ids"),
+        ([6, 7, 9], ValueError, "row 0: with labels='keep' every example must be a dict with 'input_ids' and 'labels'"),
+        ({"input_ids": [6, 7, SIZE], "labels": [1, 2, 3]}, ValueError, "row 0: token id 19 at position 2 is not in"),
+        ({"input_ids": [6, -2], "labels": [1, 2]}, ValueError, "row 0: token id -2 at position 1 is negative"),
+        ({"input_ids": [6, 7], "labels": [1.0, 2.0]}, TypeError, "row 0: labels must hold ints, got float64"),
+        ({"input_ids": [6, 7], "labels": [True, False]}, TypeError, "row 0: labels must hold ints, got bool"),
+        ({"input_ids": [[6, 7]], "labels": [[6, 7]]}, ValueError, r"row 0: input_ids must be 1-D, got shape \(1, 2\)"),
+        ({"input_ids": None, "labels": None}, ValueError, "row 0: input_ids must be 1-D"),
+    ],
+    ids=repr,
+)
+def test_kept_labels_bad_examples(keep, example, error, match):
+    with pytest.raises(error, match=match):
+        keep([{"input_ids": ROW, "labels": ROW_LABELS}, example][1:])
+
+
+def test_kept_labels_documented_results(keep):
+    """Empty rows pad; an empty batch is refused; a huge pad_to_multiple_of is numpy's MemoryError."""
+    out = keep([{"input_ids": [], "labels": []}, {"input_ids": ROW, "labels": ROW_LABELS}])
+    assert out["labels"].tolist() == [[-100] * 5, ROW_LABELS]
+    with pytest.raises(ValueError, match="the batch is empty"):
+        keep([])
+    huge = DataCollatorForCompletionOnlyLM(
+        tokenizer=keep.tokenizer, pad_token_id=PAD, labels="keep", pad_to_multiple_of=2**40
+    )
+    with pytest.raises(MemoryError):
+        huge([{"input_ids": ROW, "labels": ROW_LABELS}])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: labels='keep' passes labels that are neither ignore_index nor a token id (-1, 10**9, a "
+    "uint64 2**64-1 that wraps to -1) straight to the loss, where CrossEntropyLoss fails on the GPU much "
+    "later (python/sftmask/_keep.py collate_kept has no range check on labels)",
+)
+@pytest.mark.parametrize(
+    "labels",
+    [[-1, -100, 9], [10**9, -100, 9], np.array([2**64 - 1, 0, 9], dtype=np.uint64)],
+    ids=["-1", "1e9", "uint64 max"],
+)
+def test_kept_labels_outside_the_vocabulary_are_refused(keep, labels):
+    with pytest.raises(ValueError, match=r"row 0: label(s holds a uint64 value| .* at position 0)"):
+        keep([{"input_ids": [6, 7, 9], "labels": labels}])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: labels='keep' lets numpy's 'inhomogeneous shape' ValueError, torch's NotImplementedError "
+    "(meta tensor) and a wrapped uint64 ('token id -1 … is negative') escape without the row or the real "
+    "cause (python/sftmask/_keep.py _row_array)",
+)
+@pytest.mark.parametrize(
+    ("example", "match"),
+    [
+        ({"input_ids": [6, [7], 9], "labels": [1, 2, 3]}, "row 0: .*input_ids"),
+        ({"input_ids": [6, 7], "labels": [[1], [2, 3]]}, "row 0: .*labels"),
+        ({"input_ids": torch.empty(3, dtype=torch.long, device="meta"), "labels": [1, 2, 3]}, "row 0: .*meta"),
+        ({"input_ids": np.array([2**64 - 1, 0], dtype=np.uint64), "labels": [1, 2]}, "row 0: .*beyond int64"),
+    ],
+    ids=["nested ids", "ragged labels", "meta tensor", "uint64 ids"],
+)
+def test_kept_labels_unreadable_rows_name_the_row(keep, example, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        keep([example])
+
+
+# -- tokenize_and_mask (preprocessing entry point) -------------------------------------------------
+
+
+def test_tokenize_and_mask_hostile_inputs():
+    from sftmask import tokenize_and_mask
+
+    gpt2 = str(tokenizer_path("gpt2"))
+    out = tokenize_and_mask(["", "Q: \x00 A: yo"], gpt2, "A:", on_missing="ignore")
+    assert out["input_ids"][0] == [] and out["labels"][1][-1] == out["input_ids"][1][-1]
+    assert tokenize_and_mask([], gpt2, "A:") == {"input_ids": [], "labels": []}
+    with pytest.raises(TypeError, match="row 1: expected a string or a conversation"):
+        tokenize_and_mask(["a", 5], gpt2, "A:")
+    with pytest.raises(TypeError, match=r"row 0: expected a string or a conversation .* got bytes"):
+        tokenize_and_mask([b"a"], gpt2, "A:")
+    with pytest.raises(TypeError, match="wrap a single one in a list"):
+        tokenize_and_mask("Q: a", gpt2, "A:")
+    with pytest.raises(ValueError, match="max_length must be a positive int"):
+        tokenize_and_mask(["a"], gpt2, "A:", max_length=0)
+    long = tokenize_and_mask(["A: " + "yo " * 300_000], gpt2, "A:")
+    assert len(long["input_ids"][0]) == 300_003
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug (minor): a text with a lone surrogate makes tokenize_and_mask raise UnicodeEncodeError from "
+    "argument conversion, without the row (python/sftmask/preprocess.py tokenize_and_mask)",
+)
+def test_tokenize_and_mask_surrogate_names_the_row():
+    from sftmask import tokenize_and_mask
+
+    with pytest.raises(ValueError, match="row 1: "):
+        tokenize_and_mask(["ok", "Q: hi\ud800 A: yo"], str(tokenizer_path("gpt2")), "A:")

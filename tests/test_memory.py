@@ -16,6 +16,7 @@ import weakref
 
 import numpy as np
 import pytest
+
 import sftmask
 import synthetic
 from sftmask import DataCollatorForCompletionOnlyLM, _tokenizer
@@ -151,8 +152,9 @@ def test_python_cache_of_tokenizers_objects_is_bounded(tok_path):
 
 
 def test_python_cache_of_transformers_tokenizers_is_weak():
-    from conftest import load_tokenizer
     from transformers import PreTrainedTokenizerFast
+
+    from conftest import load_tokenizer
 
     backend = load_tokenizer("gpt2")
     gc.collect()
