@@ -1,0 +1,752 @@
+//! Fuzz checks for the sftmask core, shared by the libFuzzer targets (`fuzz_targets/`) and the
+//! stable fallback (`tests/stable_fuzz.rs`).
+//!
+//! [`Case`] is a structured input: a small synthetic `tokenizer.json` of one decoder family
+//! (byte-level BPE, Metaspace, Llama-2-style Replace+ByteFallback, WordPiece, Unigram, no
+//! decoder, unknown decoder), added/special tokens, a normalizer, a batch of ids (valid, unknown,
+//! negative), templates (text or ids) and collation options. [`run_case`] builds everything
+//! through the core's public API and checks, besides "no panic":
+//!
+//! - `collate` fails iff some id is invalid, and then names the first bad row;
+//! - the searchable text: token spans are contiguous, each is the token's bytes or, for a
+//!   phantom space, the bytes without their leading space (never one without a phantom rule);
+//! - template occurrences, regions and labels equal a naive re-implementation of SPEC.md's rule
+//!   (leftmost-first non-overlapping search, response first at a tie; region rule; overlap rule);
+//! - `collate` writes exactly `inspect`'s labels for every row, pads by position (pad id,
+//!   `ignore_index`, attention 0), fills attention / positions / `cu_seq_lens`, masks the first
+//!   label of each packed row, and gives the same arrays on 1 and 2 threads;
+//! - the counts agree with the labels.
+
+use std::sync::Arc;
+
+use arbitrary::Arbitrary;
+use serde_json::{json, Map, Value};
+use sftmask::{Batch, BatchStats, Layout, Masker, PhantomScheme, RowIds, Template, TrainOn, Vocab};
+
+/// Characters that text pieces are drawn from: few, so templates occur often.
+const ALPHABET: &[char] = &['a', 'b', ' ', '\n', '<', '>', '|', 'é', '😀', '\u{301}'];
+
+const MAX_TOKENS: usize = 48;
+const MAX_ADDED: usize = 6;
+const MAX_ROWS: usize = 8;
+const MAX_ROW_LEN: usize = 96;
+
+#[derive(Arbitrary, Debug)]
+pub struct TokenSpec {
+    text: Vec<u8>,
+    /// WordPiece: a `##` continuation; byte-level: a literal (non byte-level) string.
+    cont: bool,
+    /// Metaspace/Llama-2 with byte fallback: a `<0xNN>` token instead.
+    byte: Option<u8>,
+}
+
+#[derive(Arbitrary, Debug)]
+pub struct AddedSpec {
+    text: Vec<u8>,
+    special: bool,
+    normalized: Option<bool>,
+    /// An explicit id (may collide with a model token); else the next free id.
+    id: Option<u8>,
+}
+
+/// A row: raw ids, or a "chat" of template occurrences and filler text, tokenized greedily
+/// (longest known token first) so that rows do contain their templates.
+#[derive(Arbitrary, Debug)]
+pub enum RowSpec {
+    Ids(Vec<u16>),
+    /// `(which, filler)`: which % 6 = 0 the response template, 1..=3 an instruction template,
+    /// else none; then the filler text.
+    Chat(Vec<(u8, Vec<u8>)>),
+}
+
+#[derive(Arbitrary, Debug)]
+pub enum TemplateSpec {
+    Text(Vec<u8>),
+    Ids(Vec<u16>),
+}
+
+#[derive(Arbitrary, Debug)]
+pub struct Case {
+    family: u8,
+    variant: u8,
+    normalizer: u8,
+    bos: bool,
+    tokens: Vec<TokenSpec>,
+    added: Vec<AddedSpec>,
+    rows: Vec<RowSpec>,
+    response: TemplateSpec,
+    instructions: Vec<TemplateSpec>,
+    ignore_index: u8,
+    /// Bits: 1 train_on=last, 2 padding-free, 4 left padding, 8 compat=trl, 16 large parallel batch.
+    options: u8,
+    multiple_of: u8,
+    pad: u16,
+}
+
+fn text_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()]).collect()
+}
+
+/// GPT-2's byte -> unicode map.
+fn byte_level_char(b: u8) -> char {
+    let mut n = 0u32;
+    for x in 0u32..256 {
+        let printable = (33..=126).contains(&x) || (161..=172).contains(&x) || (174..=255).contains(&x);
+        let ch = if printable {
+            x
+        } else {
+            n += 1;
+            255 + n
+        };
+        if x == u32::from(b) {
+            return char::from_u32(ch).unwrap();
+        }
+    }
+    unreachable!()
+}
+
+struct Synth {
+    json: String,
+    /// Model + added token ids, to map fuzz ids into range.
+    size: usize,
+}
+
+/// A tokenizer.json text for the case's family.
+fn synthesize(case: &Case) -> Synth {
+    let family = case.family % 7;
+    let v = case.variant;
+    let byte_fallback = v & 8 != 0;
+    let replacement = if v & 16 != 0 && family != 2 { '_' } else { '▁' };
+    let mut model_vocab: Vec<(String, u32)> = Vec::new();
+    // Unless variant says otherwise, one token per alphabet character first, so any text can
+    // be spelled; then the fuzzer's tokens.
+    let base = if v & 0xC0 != 0xC0 { ALPHABET.len() } else { 0 };
+    let specs = (0..base)
+        .map(|i| TokenSpec {
+            text: vec![i as u8],
+            cont: false,
+            byte: None,
+        })
+        .collect::<Vec<_>>();
+    for (i, t) in specs.iter().chain(case.tokens.iter().take(MAX_TOKENS)).enumerate() {
+        let text = text_of(&t.text);
+        let s = match family {
+            0 if t.cont => format!("{text}\u{2581}"), // not a byte-level character: literal token
+            0 => text.bytes().map(byte_level_char).collect(),
+            3 => {
+                let word: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+                if t.cont {
+                    format!("##{word}")
+                } else {
+                    word
+                }
+            }
+            _ => match (byte_fallback, t.byte) {
+                (true, Some(b)) => format!("<0x{b:02X}>"),
+                _ => text.replace(' ', &replacement.to_string()),
+            },
+        };
+        model_vocab.push((s, i as u32));
+    }
+    let mut next = model_vocab.len() as u32;
+    let mut added = Vec::new();
+    let mut specials = Vec::new();
+    for a in case.added.iter().take(MAX_ADDED) {
+        let id = match a.id {
+            Some(id) => u32::from(id) % (next + 2),
+            None => {
+                next += 1;
+                next - 1
+            }
+        };
+        let content = format!("<|{}|>", text_of(&a.text));
+        if a.special {
+            specials.push((content.clone(), id));
+        }
+        let mut t = json!({"id": id, "content": content, "special": a.special});
+        if let Some(n) = a.normalized {
+            t["normalized"] = json!(n);
+        }
+        added.push(t);
+        next = next.max(id + 1);
+    }
+    let vocab_value = if family == 4 {
+        Value::Array(model_vocab.iter().map(|(s, _)| json!([s, -1.0])).collect())
+    } else {
+        let mut m = Map::new();
+        for (s, id) in &model_vocab {
+            m.insert(s.clone(), json!(id));
+        }
+        Value::Object(m)
+    };
+    let model_type = match family {
+        3 => "WordPiece",
+        4 => "Unigram",
+        _ => "BPE",
+    };
+    let mut model = json!({"type": model_type, "vocab": vocab_value});
+    if family != 4 {
+        model["merges"] = json!([]);
+    }
+    if byte_fallback {
+        model["byte_fallback"] = json!(true);
+    }
+    let metaspace = |v: u8| {
+        let mut m = json!({"type": "Metaspace", "replacement": replacement.to_string(), "split": v & 32 != 0});
+        match v % 4 {
+            0 => m["prepend_scheme"] = json!("first"),
+            1 => m["prepend_scheme"] = json!("always"),
+            2 => m["prepend_scheme"] = json!("never"),
+            _ => m["add_prefix_space"] = json!(v & 64 != 0),
+        }
+        m
+    };
+    let mut file = json!({"version": "1.0", "model": model, "added_tokens": added});
+    match family {
+        0 => {
+            file["pre_tokenizer"] = json!({"type": "ByteLevel", "add_prefix_space": v & 1 != 0});
+            file["decoder"] = json!({"type": "ByteLevel"});
+        }
+        1 | 4 => {
+            file["pre_tokenizer"] = metaspace(v);
+            file["decoder"] = metaspace(v);
+        }
+        2 => {
+            if v & 1 != 0 {
+                file["normalizer"] = json!({"type": "Sequence", "normalizers": [
+                    {"type": "Prepend", "prepend": "▁"},
+                    {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+            } else {
+                file["pre_tokenizer"] = metaspace(v);
+            }
+            file["decoder"] = json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]});
+        }
+        3 => {
+            file["decoder"] = json!({"type": "WordPiece", "prefix": "##", "cleanup": true});
+            if v & 1 != 0 {
+                file["model"]["continuing_subword_prefix"] = json!("##");
+                file["decoder"] = Value::Null;
+            }
+        }
+        5 => match v % 3 {
+            0 => file["pre_tokenizer"] = json!({"type": "ByteLevel", "add_prefix_space": false}),
+            1 => file["pre_tokenizer"] = metaspace(v),
+            _ => {}
+        },
+        _ => {
+            let kind = ["CTC", "BPEDecoder", "Sequence"][v as usize % 3];
+            file["decoder"] = json!({ "type": kind });
+        }
+    }
+    if family != 2 {
+        let norm = match case.normalizer % 7 {
+            1 => json!({"type": "NFC"}),
+            2 => json!({"type": "NFKC"}),
+            3 => json!({"type": "Lowercase"}),
+            4 => {
+                json!({"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "StripAccents"}, {"type": "Lowercase"}]})
+            }
+            5 => json!({"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                        "strip_accents": null, "lowercase": true}),
+            #[cfg(feature = "precompiled")]
+            6 => {
+                let raw: Vec<u8> = case.tokens.iter().flat_map(|t| t.text.iter().copied()).collect();
+                json!({"type": "Precompiled", "precompiled_charsmap": base64(&raw)})
+            }
+            _ => Value::Null,
+        };
+        file["normalizer"] = norm;
+    }
+    if case.bos {
+        if let Some((content, id)) = specials.first() {
+            let single = if family == 3 {
+                file["post_processor"] = json!({"type": "BertProcessing", "sep": [content, id], "cls": [content, id]});
+                None
+            } else {
+                Some(json!([{"SpecialToken": {"id": content, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]))
+            };
+            if let Some(single) = single {
+                file["post_processor"] = json!({"type": "TemplateProcessing", "single": single, "pair": [],
+                    "special_tokens": {content.clone(): {"id": content, "ids": [id], "tokens": [content]}}});
+            }
+        }
+    }
+    Synth {
+        json: file.to_string(),
+        size: next as usize,
+    }
+}
+
+#[cfg(feature = "precompiled")]
+fn base64(data: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A fuzz value as a token id: mostly in range, sometimes one past the end, sometimes negative.
+fn id_of(v: u16, size: usize) -> i64 {
+    match v {
+        0xFFFF => -1,
+        0xFFFE => i64::MIN,
+        _ => (usize::from(v) % (size + 1)) as i64,
+    }
+}
+
+/// Longest-match tokenization of `text` over the table's bytes (skipping bytes no token starts).
+fn greedy_ids(vocab: &Vocab, text: &[u8]) -> Vec<i64> {
+    let known: Vec<(u32, &[u8])> = sftmask::vocab::known_ids(vocab)
+        .filter_map(|id| vocab.token_bytes(id).filter(|b| !b.is_empty()).map(|b| (id, b)))
+        .collect();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < text.len() {
+        let best = known
+            .iter()
+            .filter(|(_, b)| text[pos..].starts_with(b))
+            .max_by_key(|(id, b)| (b.len(), std::cmp::Reverse(*id)));
+        match best {
+            Some((id, b)) => {
+                out.push(i64::from(*id));
+                pos += b.len();
+            }
+            None => pos += 1,
+        }
+    }
+    out
+}
+
+fn valid(vocab: &Vocab, id: i64) -> bool {
+    u32::try_from(id).ok().and_then(|i| vocab.token_bytes(i)).is_some()
+}
+
+/// Leftmost-first, non-overlapping occurrences; at one position the response template wins,
+/// then the instruction templates in order.
+fn naive_occurrences(text: &[u8], response: &[u8], instructions: &[Vec<u8>]) -> Vec<(u32, u32, bool)> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < text.len() {
+        let hit = std::iter::once((response, true))
+            .chain(instructions.iter().map(|t| (t.as_slice(), false)))
+            .find(|(t, _)| text[pos..].starts_with(t));
+        match hit {
+            Some((t, is_response)) => {
+                out.push((pos as u32, (pos + t.len()) as u32, is_response));
+                pos += t.len();
+            }
+            None => pos += 1,
+        }
+    }
+    out
+}
+
+fn naive_regions(occ: &[(u32, u32, bool)], len: u32, multi: bool, last: bool) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    if !multi {
+        if let Some(o) = occ.iter().rev().find(|o| o.2) {
+            out.push((o.1, len));
+        }
+    } else {
+        for (i, o) in occ.iter().enumerate() {
+            if o.2 {
+                out.push((o.1, occ.get(i + 1).map_or(len, |n| n.0)));
+            }
+        }
+        if last && out.len() > 1 {
+            out.drain(..out.len() - 1);
+        }
+    }
+    out.retain(|(s, e)| e > s);
+    out
+}
+
+fn naive_trained(start: u32, end: u32, regions: &[(u32, u32)]) -> bool {
+    regions.iter().any(|&(rs, re)| {
+        if end > start {
+            start < re && end > rs
+        } else {
+            rs <= start && start < re
+        }
+    })
+}
+
+/// How far a case got (for the stable driver's summary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The synthetic tokenizer.json was refused (a clean error).
+    NoVocab,
+    /// The templates were refused (a clean error).
+    NoMasker,
+    /// Some id was invalid; collate refused it, naming the row.
+    BadIds,
+    /// Collated and checked; `found` when some row had a response template.
+    Checked { found: bool, trl: bool, parallel: bool },
+}
+
+/// Builds the case and checks every invariant; panics (a fuzz crash) on a violation.
+pub fn run_case(case: &Case) -> Outcome {
+    let synth = synthesize(case);
+    let vocab = match Vocab::from_json(&synth.json) {
+        Ok(v) => Arc::new(v),
+        Err(e) => {
+            if std::env::var_os("SFTMASK_FUZZ_DEBUG").is_some() {
+                eprintln!("no vocab (family {}): {e}", case.family % 7);
+            }
+            return Outcome::NoVocab;
+        } // unsupported families, empty vocabularies: a clean error is the contract
+    };
+    let size = synth.size.max(vocab.len());
+    // An empty template is a clean error (tested elsewhere); here it falls back on a default so
+    // that short inputs still reach the masking.
+    let template = |t: &TemplateSpec, default: &str| match t {
+        TemplateSpec::Text(b) if b.is_empty() => Template::Text(default.into()),
+        TemplateSpec::Ids(ids) if ids.is_empty() => Template::Text(default.into()),
+        TemplateSpec::Text(b) => Template::Text(text_of(&b[..b.len().min(6)])),
+        // Mostly known ids; `id_of`'s specials (0xFFFF, 0xFFFE) and `size` stay possible.
+        TemplateSpec::Ids(ids) => Template::Ids(
+            ids.iter()
+                .take(6)
+                .map(|&v| {
+                    if v >= 0xFFF0 {
+                        id_of(v, size)
+                    } else {
+                        i64::from(v) % size as i64
+                    }
+                })
+                .collect(),
+        ),
+    };
+    let ignore_index = [-100i64, -1, 0, 1, 3][case.ignore_index as usize % 5];
+    let trl = case.options & 8 != 0;
+    let train_last = case.options & 1 != 0;
+    let response = template(&case.response, "b|");
+    let instructions: Vec<Template> = case
+        .instructions
+        .iter()
+        .take(3)
+        .enumerate()
+        .map(|(i, t)| template(t, ["a|", "<a", "é>"][i]))
+        .collect();
+    let pad = id_of(case.pad, size);
+    let masker = if trl {
+        let ids = |t: &Template| match t {
+            Template::Ids(ids) => ids.clone(),
+            Template::Text(s) => s.bytes().map(|b| i64::from(b) % size as i64).collect(),
+        };
+        Masker::trl(
+            Arc::clone(&vocab),
+            ids(&response),
+            instructions.first().map(ids),
+            Some(pad),
+            ignore_index,
+        )
+    } else {
+        let train_on = if train_last { TrainOn::Last } else { TrainOn::All };
+        Masker::new(Arc::clone(&vocab), &response, &instructions, ignore_index, train_on)
+    };
+    let masker = match masker {
+        Ok(m) => m,
+        Err(e) => {
+            if std::env::var_os("SFTMASK_FUZZ_DEBUG").is_some() {
+                eprintln!("no masker: {e}");
+            }
+            return Outcome::NoMasker;
+        }
+    };
+    let (response_bytes, instruction_bytes) = masker.template_texts();
+    if !trl {
+        assert!(!response_bytes.is_empty(), "an empty template was accepted");
+    }
+
+    let mut rows: Vec<Vec<i64>> = case
+        .rows
+        .iter()
+        .take(MAX_ROWS)
+        .map(|r| match r {
+            RowSpec::Ids(ids) => ids.iter().take(MAX_ROW_LEN).map(|&v| id_of(v, size)).collect(),
+            RowSpec::Chat(parts) => {
+                let mut text = Vec::new();
+                for (which, filler) in parts.iter().take(8) {
+                    match which % 6 {
+                        0 => text.extend_from_slice(&response_bytes),
+                        1..=3 => text.extend(instruction_bytes.get(usize::from(which % 6) - 1).into_iter().flatten()),
+                        _ => {}
+                    }
+                    text.extend(text_of(&filler[..filler.len().min(8)]).bytes());
+                }
+                let mut ids = greedy_ids(&vocab, &text);
+                ids.truncate(MAX_ROW_LEN);
+                ids
+            }
+        })
+        .collect();
+    if rows.is_empty() {
+        rows.push(Vec::new());
+    }
+    // Per row: inspect, checked against the naive rule.
+    let mut expected: Vec<Option<Vec<i64>>> = Vec::with_capacity(rows.len());
+    for ids in &rows {
+        let all_valid = ids.iter().all(|&id| valid(&vocab, id));
+        match masker.inspect(ids) {
+            Err(e) => {
+                assert!(!all_valid, "inspect failed on valid ids: {e}");
+                expected.push(None);
+            }
+            Ok(seen) => {
+                assert!(all_valid, "inspect accepted an invalid id in {ids:?}");
+                check_inspection(
+                    &vocab,
+                    &masker,
+                    ids,
+                    &seen,
+                    &response_bytes,
+                    &instruction_bytes,
+                    train_last,
+                    trl,
+                );
+                expected.push(Some(seen.labels));
+            }
+        }
+    }
+    // Large batches (the parallel path): the same rows repeated, when they are long enough that
+    // at most a few thousand rows are needed.
+    let base_tokens: usize = rows.iter().map(Vec::len).sum();
+    let large = case.options & 16 != 0 && base_tokens >= 16;
+    if large {
+        let (base_rows, base_expected) = (rows.clone(), expected.clone());
+        while rows.iter().map(Vec::len).sum::<usize>() < sftmask::masker::PARALLEL_MIN_TOKENS {
+            rows.extend(base_rows.iter().cloned());
+            expected.extend(base_expected.iter().cloned());
+        }
+    }
+    let first_bad = expected.iter().position(Option::is_none);
+
+    let flat = case.options & 2 != 0;
+    let left = case.options & 4 != 0;
+    let multiple_of = match case.multiple_of % 4 {
+        0 => None,
+        m => Some([1usize, 8, 64][m as usize - 1]),
+    };
+    let layout = if flat {
+        Layout::Flat
+    } else {
+        Layout::Padded { left, multiple_of }
+    };
+    let run = |threads: usize, in_place: bool| -> (Batch, sftmask::Result<BatchStats>) {
+        let lengths = rows.iter().map(Vec::len).collect();
+        let mut batch = Batch::new(lengths, layout, pad, masker.padding_label()).expect("batch");
+        if in_place {
+            for (r, ids) in rows.iter().enumerate() {
+                batch.row_ids_mut(r).copy_from_slice(ids);
+            }
+        }
+        // Sources: in place, i64 slices, or i32 slices where the ids fit.
+        let narrow: Vec<Option<Vec<i32>>> = rows
+            .iter()
+            .map(|r| r.iter().map(|&i| i32::try_from(i).ok()).collect())
+            .collect();
+        let sources: Vec<RowIds<'_>> = rows
+            .iter()
+            .zip(&narrow)
+            .enumerate()
+            .map(|(i, (r, n))| match (in_place, i % 2, n) {
+                (true, _, _) => RowIds::InPlace,
+                (false, 1, Some(n)) => RowIds::I32(n),
+                _ => RowIds::I64(r),
+            })
+            .collect();
+        let stats = masker.collate(&mut batch, &sources, threads);
+        (batch, stats)
+    };
+    let (batch, stats) = run(1, false);
+    match (first_bad, &stats) {
+        (Some(r), Err(e)) => {
+            assert!(e.to_string().contains(&format!("row {r}:")), "{e} should name row {r}");
+            Outcome::BadIds
+        }
+        (Some(r), Ok(_)) => panic!("collate accepted row {r} with an invalid id"),
+        (None, Err(e)) => panic!("collate failed on valid ids: {e}"),
+        (None, Ok(stats)) => {
+            let expected: Vec<Vec<i64>> = expected.into_iter().map(Option::unwrap).collect();
+            check_batch(&batch, stats, &rows, &expected, &masker, pad, flat, left, multiple_of);
+            // Other sources and thread counts fill identical arrays.
+            for (threads, in_place) in [(2, true), (if large { 3 } else { 2 }, false)] {
+                let (b2, s2) = run(threads, in_place);
+                assert_eq!(s2.as_ref().ok(), Some(stats), "stats differ with {threads} threads");
+                assert_eq!(b2.input_ids, batch.input_ids);
+                assert_eq!(b2.labels, batch.labels, "labels differ with {threads} threads");
+                assert_eq!(b2.attention_mask, batch.attention_mask);
+                assert_eq!(b2.position_ids, batch.position_ids);
+                assert_eq!(b2.cu_seq_lens, batch.cu_seq_lens);
+            }
+            Outcome::Checked {
+                found: stats.missing_rows.len() < rows.len(),
+                trl,
+                parallel: large,
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_inspection(
+    vocab: &Vocab,
+    masker: &Masker,
+    ids: &[i64],
+    seen: &sftmask::Inspection,
+    response: &[u8],
+    instructions: &[Vec<u8>],
+    train_last: bool,
+    trl: bool,
+) {
+    let ignore = masker.ignore_index();
+    assert_eq!(seen.ends.len(), ids.len());
+    assert_eq!(seen.labels.len(), ids.len());
+    assert_eq!(seen.ends.last().copied().unwrap_or(0) as usize, seen.text.len());
+    let mut start = 0u32;
+    for (i, (&id, &end)) in ids.iter().zip(&seen.ends).enumerate() {
+        assert!(end >= start, "token {i}: ends go backwards");
+        let span = &seen.text[start as usize..end as usize];
+        let bytes = vocab.token_bytes(id as u32).unwrap();
+        let phantom = vocab.phantom() != PhantomScheme::Never && bytes.first() == Some(&b' ') && span == &bytes[1..];
+        assert!(
+            span == bytes || phantom,
+            "token {i} (id {id}): span {span:?} is not its bytes {bytes:?}"
+        );
+        start = end;
+    }
+    for (&l, &id) in seen.labels.iter().zip(ids) {
+        assert!(
+            l == id || l == ignore || (trl && l == -100),
+            "label {l} is neither {id} nor {ignore}"
+        );
+    }
+    if trl {
+        return;
+    }
+    let occ = naive_occurrences(&seen.text, response, instructions);
+    let got: Vec<(u32, u32, bool)> = seen
+        .occurrences
+        .iter()
+        .map(|o| (o.start, o.end, o.is_response))
+        .collect();
+    assert_eq!(got, occ, "occurrences in {:?}", String::from_utf8_lossy(&seen.text));
+    let regions = naive_regions(&occ, seen.text.len() as u32, !instructions.is_empty(), train_last);
+    assert_eq!(seen.regions, regions, "regions");
+    let mut start = 0u32;
+    let mut trained = 0u64;
+    for (i, (&id, &end)) in ids.iter().zip(&seen.ends).enumerate() {
+        let want = if naive_trained(start, end, &regions) {
+            trained += 1;
+            id
+        } else {
+            ignore
+        };
+        assert_eq!(
+            seen.labels[i], want,
+            "token {i} span {start}..{end} regions {regions:?}"
+        );
+        start = end;
+    }
+    assert_eq!(seen.stats.trained, trained);
+    assert_eq!(seen.stats.found, occ.iter().any(|o| o.2));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_batch(
+    batch: &Batch,
+    stats: &BatchStats,
+    rows: &[Vec<i64>],
+    expected: &[Vec<i64>],
+    masker: &Masker,
+    pad: i64,
+    flat: bool,
+    left: bool,
+    multiple_of: Option<usize>,
+) {
+    let ignore = masker.ignore_index();
+    let padding_label = masker.padding_label();
+    let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let (b, width) = batch.shape();
+    assert_eq!(stats.rows as usize, rows.len());
+    assert_eq!(stats.tokens as usize, rows.iter().map(Vec::len).sum::<usize>());
+    if flat {
+        let total: usize = rows.iter().map(Vec::len).sum();
+        assert_eq!((b, width), (1, total));
+        let mut acc = 0usize;
+        assert_eq!(batch.cu_seq_lens[0], 0);
+        for (r, ids) in rows.iter().enumerate() {
+            let range = acc..acc + ids.len();
+            assert_eq!(&batch.input_ids[range.clone()], ids.as_slice());
+            let positions: Vec<i64> = (0..ids.len() as i64).collect();
+            assert_eq!(&batch.position_ids[range.clone()], positions.as_slice());
+            let mut want = expected[r].clone();
+            if let Some(f) = want.first_mut() {
+                *f = ignore;
+            }
+            assert_eq!(&batch.labels[range], want.as_slice(), "row {r}");
+            acc += ids.len();
+            assert_eq!(batch.cu_seq_lens[r + 1] as usize, acc);
+        }
+        assert_eq!(batch.max_length(), longest);
+    } else {
+        let want_width = multiple_of.map_or(longest, |m| longest.div_ceil(m) * m);
+        assert_eq!((b, width), (rows.len(), want_width));
+        let mut trained = 0u64;
+        for (r, ids) in rows.iter().enumerate() {
+            let off = if left { width - ids.len() } else { 0 };
+            for c in 0..width {
+                let k = r * width + c;
+                if c >= off && c < off + ids.len() {
+                    assert_eq!(batch.input_ids[k], ids[c - off]);
+                    assert_eq!(batch.labels[k], expected[r][c - off]);
+                    assert_eq!(batch.attention_mask[k], 1);
+                } else {
+                    assert_eq!(batch.input_ids[k], pad, "padding holds the pad id");
+                    assert_eq!(batch.labels[k], padding_label, "padding is masked by position");
+                    assert_eq!(batch.attention_mask[k], 0);
+                }
+            }
+            if !masker.is_trl() {
+                trained += expected[r]
+                    .iter()
+                    .zip(ids)
+                    .filter(|(l, id)| *l == *id && **l != ignore)
+                    .count() as u64;
+            }
+        }
+        if !masker.is_trl() && !rows.iter().flatten().any(|&id| id == ignore) {
+            assert_eq!(stats.trained, trained, "trained count");
+        }
+    }
+}
+
+/// Raw bytes as a tokenizer.json: never a panic; when it loads, a masker over it works.
+pub fn run_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(vocab) = Vocab::from_json(text) else { return };
+    let vocab = Arc::new(vocab);
+    let n = vocab.len().min(64) as i64;
+    let ids: Vec<i64> = (0..n).filter(|&i| valid(&vocab, i)).collect();
+    for template in [Template::Text("a".into()), Template::Text("<|x|>\n".into())] {
+        if let Ok(m) = Masker::new(Arc::clone(&vocab), &template, &[], -100, TrainOn::All) {
+            let seen = m.inspect(&ids).expect("valid ids");
+            assert_eq!(seen.labels.len(), ids.len());
+        }
+    }
+    let _ = vocab.normalize_template("Ab\u{301}");
+}
