@@ -101,21 +101,20 @@ impl Batch {
         };
         match layout {
             Layout::Padded { left, multiple_of } => {
+                let too_large = || Error::InvalidArgument("the padded batch is too large to allocate".into());
                 let width = match multiple_of {
                     Some(0) => return Err(Error::InvalidArgument("pad_to_multiple_of must be positive".into())),
-                    Some(m) => longest.div_ceil(m) * m,
+                    Some(m) => longest.div_ceil(m).checked_mul(m).ok_or_else(too_large)?,
                     None => longest,
                 };
-                let total = rows
-                    .checked_mul(width)
-                    .ok_or_else(|| Error::InvalidArgument("the padded batch is too large".into()))?;
+                let total = rows.checked_mul(width).ok_or_else(too_large)?;
                 batch.width = width;
                 for (r, &len) in batch.lengths.iter().enumerate() {
                     batch.offsets.push(r * width + if left { width - len } else { 0 });
                 }
-                batch.input_ids = vec![pad_token_id; total];
-                batch.labels = vec![ignore_index; total];
-                batch.attention_mask = vec![0; total];
+                batch.input_ids = filled(total, pad_token_id)?;
+                batch.labels = filled(total, ignore_index)?;
+                batch.attention_mask = filled(total, 0)?;
             }
             Layout::Flat => {
                 let total: usize = batch.lengths.iter().sum();
@@ -211,6 +210,16 @@ impl Batch {
             })
             .collect()
     }
+}
+
+/// `vec![value; n]`, but an allocation the system refuses is an error, not an abort (a huge
+/// `pad_to_multiple_of` must not kill a training process).
+fn filled(n: usize, value: i64) -> Result<Vec<i64>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::InvalidArgument(format!("cannot allocate a padded batch of {n} tokens")))?;
+    v.resize(n, value);
+    Ok(v)
 }
 
 /// Cuts `buf` into the disjoint slices `[offset, offset + length)` (offsets ascending).

@@ -17,6 +17,8 @@ pub struct RowStats {
     pub found: bool,
     /// Whether the instruction template was found (`compat="trl"` only; always true otherwise).
     pub instruction_found: bool,
+    /// Whether the first token is trained (a padding-free batch masks it afterwards).
+    pub first_trained: bool,
 }
 
 /// Writes the labels of one example: `ids[i]` where token `i` is trained, `ignore_index`
@@ -79,6 +81,7 @@ pub fn fill_labels(
         if trained {
             *label = id;
             stats.trained += 1;
+            stats.first_trained |= i == 0;
         } else {
             *label = ignore_index;
         }

@@ -272,6 +272,7 @@ impl Masker {
                     straddling: 0,
                     found: out.response_found,
                     instruction_found: out.instruction_found,
+                    first_trained: labels.first().is_some_and(|&l| l != self.ignore_index && l != -100),
                 })
             }
         }
@@ -372,7 +373,8 @@ impl Masker {
         for (r, res) in results.into_iter().enumerate() {
             let s = res?;
             stats.tokens += s.tokens;
-            stats.trained += s.trained;
+            // A padding-free batch masks each row's first label after the row was counted.
+            stats.trained += s.trained - u64::from(flat && s.first_trained);
             stats.straddling += s.straddling;
             if !s.found {
                 stats.missing_rows.push(r);
@@ -380,15 +382,6 @@ impl Masker {
             if !s.instruction_found {
                 stats.missing_instruction_rows.push(r);
             }
-        }
-        if flat {
-            // Recount: the first label of each row was masked after counting.
-            let pad = self.padding_label();
-            stats.trained = batch
-                .labels
-                .iter()
-                .filter(|&&l| l != self.ignore_index && l != pad)
-                .count() as u64;
         }
         Ok(stats)
     }

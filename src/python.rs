@@ -609,14 +609,16 @@ fn ids_source<'py>(ids: Bound<'py, PyAny>, row: usize, may_convert: bool) -> PyR
         let dtype = arr.dtype();
         let kind = dtype.kind();
         if kind == b'i' || kind == b'u' {
+            // Zero copy only for C-contiguous, aligned buffers (a slice needs both).
+            let aligned = |p: usize, align: usize| p % align == 0;
             if let Ok(a) = ids.cast::<PyArray1<i64>>() {
-                if a.is_c_contiguous() {
+                if a.is_c_contiguous() && aligned(a.data() as usize, std::mem::align_of::<i64>()) {
                     return Ok(Source::A64(
                         a.try_readonly().map_err(|e| PyValueError::new_err(e.to_string()))?,
                     ));
                 }
             } else if let Ok(a) = ids.cast::<PyArray1<i32>>() {
-                if a.is_c_contiguous() {
+                if a.is_c_contiguous() && aligned(a.data() as usize, std::mem::align_of::<i32>()) {
                     return Ok(Source::A32(
                         a.try_readonly().map_err(|e| PyValueError::new_err(e.to_string()))?,
                     ));
@@ -631,9 +633,10 @@ fn ids_source<'py>(ids: Bound<'py, PyAny>, row: usize, may_convert: bool) -> PyR
                     )));
                 }
             }
-            // Other integer widths, strided or Fortran-ordered arrays: one converting copy.
+            // Other integer widths, strided, Fortran-ordered or unaligned arrays: one converting
+            // copy (np.array always copies, so the result is aligned).
             let np = ids.py().import("numpy")?;
-            let converted = np.call_method1("ascontiguousarray", (&ids, np.getattr("int64")?))?;
+            let converted = np.call_method1("array", (&ids, np.getattr("int64")?))?;
             let a = converted.cast::<PyArray1<i64>>()?.clone();
             return Ok(Source::A64(
                 a.try_readonly().map_err(|e| PyValueError::new_err(e.to_string()))?,
@@ -695,7 +698,12 @@ fn id_from(item: &Bound<'_, PyAny>, row: usize, position: usize) -> PyResult<i64
             "row {row}: token id at position {position} is a bool, not an int"
         )));
     }
-    item.extract::<i64>().map_err(|_| {
+    item.extract::<i64>().map_err(|e| {
+        if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(item.py()) {
+            return PyValueError::new_err(format!(
+                "row {row}: token id at position {position} does not fit in int64"
+            ));
+        }
         PyTypeError::new_err(format!(
             "row {row}: token id at position {position} must be an int, got {}",
             type_name(item)

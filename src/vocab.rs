@@ -382,12 +382,55 @@ fn template_normalizers(norm: Option<&Value>) -> Result<Vec<NormalizerWrapper>> 
             "NFC" | "NFD" | "NFKC" | "NFKD" | "Lowercase" | "StripAccents" | "BertNormalizer" | "Precompiled" | "Nmt"
         );
         if keep {
-            let w: NormalizerWrapper = serde_json::from_value(n.clone())
-                .map_err(|e| Error::TokenizerJson(format!("normalizer {}: {e}", type_of(n))))?;
+            if type_of(n) == "Precompiled" {
+                check_precompiled(n)?;
+            }
+            // The tokenizers crate panics on some corrupt normalizers (Precompiled charsmaps):
+            // a bad tokenizer.json must be an error, not a crash.
+            let parsed = std::panic::catch_unwind(|| serde_json::from_value::<NormalizerWrapper>(n.clone()));
+            let w = match parsed {
+                Ok(Ok(w)) => w,
+                Ok(Err(e)) => return Err(Error::TokenizerJson(format!("normalizer {}: {e}", type_of(n)))),
+                Err(_) => return Err(Error::TokenizerJson(format!("normalizer {} is corrupt", type_of(n)))),
+            };
             out.push(w);
         }
     }
     Ok(out)
+}
+
+/// A SentencePiece charsmap starts with the byte size of its trie (u32, little-endian); a size
+/// larger than the data would make the parser reserve that much memory before failing.
+fn check_precompiled(n: &Value) -> Result<()> {
+    let corrupt = || Error::TokenizerJson("normalizer Precompiled: the charsmap is corrupt".into());
+    let Some(b64) = n.get("precompiled_charsmap").and_then(Value::as_str) else {
+        return Err(corrupt());
+    };
+    let digit = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        })
+    };
+    let raw = b64.trim_end_matches('=').as_bytes();
+    if raw.len() < 6 || raw.iter().any(|&c| digit(c).is_none()) {
+        return Err(corrupt());
+    }
+    // The first 6 base64 digits hold the first 4 bytes (and 4 bits more).
+    let bits = raw[..6]
+        .iter()
+        .fold(0u64, |acc, &c| (acc << 6) | u64::from(digit(c).unwrap_or(0)));
+    let head = (bits >> 4) as u32;
+    let trie_size = u32::from_le_bytes(head.to_be_bytes()) as usize;
+    let data_len = raw.len() * 3 / 4;
+    if trie_size > data_len.saturating_sub(4) || trie_size % 4 != 0 {
+        return Err(corrupt());
+    }
+    Ok(())
 }
 
 fn content_hash(json: &str) -> u64 {
@@ -426,6 +469,13 @@ impl Vocab {
     /// [`Error::UnsupportedTokenizer`] when its decoder has no exact byte rule.
     pub fn from_json(json: &str) -> Result<Self> {
         let file: TokenizerFile = serde_json::from_str(json).map_err(|e| Error::TokenizerJson(e.to_string()))?;
+        if let Some(kind) = file.model.kind.as_deref() {
+            if !matches!(kind, "BPE" | "WordPiece" | "WordLevel" | "Unigram") {
+                return Err(Error::UnsupportedTokenizer(format!(
+                    "model type {kind:?} is not supported (supported: BPE, WordPiece, WordLevel, Unigram)"
+                )));
+            }
+        }
         let decoding = decoding_of(&file)?;
         let phantom = phantom_of(&file, &decoding);
         let template_normalizers = template_normalizers(file.normalizer.as_ref())?;
@@ -586,8 +636,13 @@ impl Vocab {
         }
         let mut n = NormalizedString::from(text);
         for norm in &self.template_normalizers {
-            norm.normalize(&mut n)
-                .map_err(|e| Error::InvalidArgument(format!("normalizing the template failed: {e}")))?;
+            // See `template_normalizers`: a corrupt normalizer may panic inside tokenizers.
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| norm.normalize(&mut n)));
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::InvalidArgument(format!("normalizing the template failed: {e}"))),
+                Err(_) => return Err(Error::TokenizerJson("the tokenizer's normalizer is corrupt".into())),
+            }
         }
         Ok(n.get().to_owned())
     }

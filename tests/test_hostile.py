@@ -238,11 +238,6 @@ def test_uint64_beyond_int64_is_refused(collator, value):
         collator([ROW, [7, value]])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a numpy uint64 scalar beyond int64 in a list is reported as 'must be an int, got uint64' "
-    "(TypeError) instead of 'does not fit in int64' (ValueError) — src/python.rs id_from",
-)
 def test_uint64_scalar_beyond_int64_says_it_does_not_fit(collator):
     with pytest.raises(ValueError, match="row 0: token id at position 1 does not fit in int64"):
         collator([[7, np.uint64(2**63)]])
@@ -295,16 +290,7 @@ def _record_field(r):
     return rec["id"]
 
 
-_UNALIGNED_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: a C-contiguous but unaligned int64/int32 array takes the zero-copy path in src/python.rs "
-    "ids_source, whose as_slice() then fails; collate reports 'row 0: source length does not match the batch'",
-)
-
-
-@pytest.mark.parametrize(
-    "layout", [pytest.param(k, marks=_UNALIGNED_BUG) if k.startswith("unaligned") else k for k in LAYOUTS]
-)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_integer_widths_and_memory_layouts_agree_with_lists(collator, layout):
     """Non-contiguous, Fortran-ordered, byte-swapped, unaligned, read-only: one converting copy."""
     row = ROW if layout != "range" else [0, 1, 2, 3, 4]
@@ -316,11 +302,6 @@ def test_integer_widths_and_memory_layouts_agree_with_lists(collator, layout):
         assert out["labels"][0].tolist() == ROW_LABELS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: unaligned arrays in inspect()/templates fail with 'The given array is not contiguous or is "
-    "misaligned' / a misleading template TypeError (src/python.rs ids_vec)",
-)
 def test_unaligned_arrays_in_inspect_and_templates(tok_path, collator):
     ids = _unaligned(ROW, np.int64)
     assert collator._masker.inspect(ids)["labels"].tolist() == ROW_LABELS
@@ -440,11 +421,6 @@ def test_ignore_index_equal_to_a_real_id(tok_path):
     assert out["labels"].tolist() == [[PAD] * 4 + [9], [PAD, 8, PAD, PAD, PAD]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: padding_free recounts trained tokens by label value (src/masker.rs Masker::collate), so a "
-    "trained token whose id equals ignore_index is not counted, unlike the padded layout",
-)
 def test_trained_count_agrees_between_layouts_when_ignore_index_is_an_id(tok_path):
     kw = {"tokenizer": tok_path, "pad_token_id": PAD, "ignore_index": 9}
     padded = DataCollatorForCompletionOnlyLM("Bot:", **kw)
@@ -595,11 +571,6 @@ def test_unreadable_tokenizer_file():
         DataCollatorForCompletionOnlyLM("Bot:", tokenizer="/nonexistent/tokenizer.json", pad_token_id=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a tokenizer.json whose model type is unknown is accepted (src/vocab.rs Vocab::from_json "
-    "never checks model.type), so a vocab map of a model sftmask does not know is trusted blindly",
-)
 @pytest.mark.parametrize("model_type", ["Foo", "CharBPE"])
 def test_unknown_model_type_is_refused(model_type):
     model = {"type": model_type, "vocab": {"a": 0, "b": 1}, "merges": []}
@@ -625,12 +596,6 @@ PRECOMPILED = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a Precompiled normalizer with a bad charsmap panics inside spm_precompiled/tokenizers; "
-    "the panic surfaces as pyo3 PanicException (a BaseException, from Masker.__new__) or InternalError "
-    "instead of TokenizerError (src/vocab.rs template_normalizers, src/python.rs PyMasker::new)",
-)
 @pytest.mark.parametrize("charsmap", PRECOMPILED)
 def test_corrupt_precompiled_normalizer_raises_tokenizer_error(tok_path, charsmap):
     text = _variant(normalizer={"type": "Precompiled", "precompiled_charsmap": PRECOMPILED[charsmap]})
@@ -682,12 +647,6 @@ except Exception as e:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS")
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a 4-byte Precompiled charsmap claiming a 4 GB trie makes spm_precompiled (through "
-    "tokenizers, from src/vocab.rs template_normalizers) allocate 8 GB up front; under a memory limit "
-    "the allocation fails and the process aborts (SIGABRT) instead of raising TokenizerError",
-)
 def test_precompiled_charsmap_claiming_a_huge_trie_does_not_abort_a_memory_limited_process():
     out = subprocess.run(
         [sys.executable, "-c", _MEMORY_LIMITED_CHILD, PRECOMPILED["huge trie size"]],
@@ -712,12 +671,6 @@ def _path_with(tmp_path, tokenizer_json=None, config=None, raw=None):
     return folder
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: python/sftmask/_tokenizer.py _from_path lets UnicodeDecodeError / JSONDecodeError / "
-    "AttributeError escape for a non-UTF-8 tokenizer.json, a corrupt tokenizer_config.json or a "
-    "non-object 'padding', instead of TokenizerError naming the file",
-)
 @pytest.mark.parametrize(
     "files",
     [
@@ -780,11 +733,6 @@ except Exception as e:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a huge pad_to_multiple_of makes src/batch.rs Batch::new allocate rows*width with vec![] "
-    "(capacity overflow panic -> PanicException, or allocation failure -> the process aborts)",
-)
 @pytest.mark.parametrize("multiple", [2**40, 2**62])
 def test_huge_pad_to_multiple_of_is_a_clean_error(tok_path, multiple):
     out = subprocess.run(
@@ -798,11 +746,6 @@ def test_huge_pad_to_multiple_of_is_a_clean_error(tok_path, multiple):
     assert out.stdout.split()[0] in ("MemoryError", "ValueError"), out.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: int options beyond int64/usize raise a bare OverflowError ('Python int too large to convert "
-    "to C long') that names neither the option nor the fix (python/sftmask/collator.py __init__)",
-)
 @pytest.mark.parametrize("option", ["pad_token_id", "ignore_index", "num_threads"])
 def test_options_beyond_int64_name_the_option(tok_path, option):
     kw = {"pad_token_id": PAD, option: 2**70}

@@ -183,8 +183,11 @@ class DataCollatorForCompletionOnlyLM:
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
         if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
             raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+        if num_threads is not None and (not isinstance(num_threads, int) or not 1 <= num_threads <= 4096):
+            raise ValueError(f"num_threads must be a positive int (at most 4096), got {num_threads!r}")
+        for name, value in (("ignore_index", ignore_index), ("pad_token_id", pad_token_id)):
+            if value is not None and not -(2**63) <= value < 2**63:
+                raise ValueError(f"{name} must fit in int64, got {value!r}")
         if labels not in ("mask", "keep"):
             raise ValueError(f"labels must be 'mask' or 'keep', got {labels!r}")
         if labels == "keep" and compat != "exact":
