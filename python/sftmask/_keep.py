@@ -14,15 +14,21 @@ import numpy as np
 
 
 def _row_array(value: Any, row: int, key: str) -> np.ndarray:
-    if hasattr(value, "numpy") and hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu().numpy()
-    arr = np.asarray(value)
+    try:
+        if hasattr(value, "numpy") and hasattr(value, "detach"):  # a torch tensor
+            value = value.detach().cpu().numpy()
+        arr = np.asarray(value)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as e:
+        # ragged/nested lists, tensors on the meta device, …: say which row and which key
+        raise ValueError(f"row {row}: cannot read {key}: {e}") from None
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64)
     if arr.ndim != 1:
         raise ValueError(f"row {row}: {key} must be 1-D, got shape {arr.shape}")
     if arr.dtype.kind not in "iu":
         raise TypeError(f"row {row}: {key} must hold ints, got {arr.dtype}")
+    if arr.dtype == np.uint64 and int(arr.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"row {row}: {key} holds a uint64 value beyond int64")
     return arr.astype(np.int64, copy=False)
 
 
@@ -61,6 +67,16 @@ def collate_kept(
         value = int(flat_ids[at])
         why = "is negative" if value < 0 else f"is not in the vocabulary (size {vocab_size})"
         raise ValueError(f"row {row}: token id {value} at position {at - int(starts[row])} {why}")
+
+    # A kept label must be ignore_index or a token id: anything else fails much later, in the loss.
+    bad = np.flatnonzero((flat_labels != ignore_index) & ((flat_labels < 0) | (flat_labels >= vocab_size)))
+    if bad.size:
+        at = int(bad[0])
+        row = int(np.searchsorted(starts, at, side="right") - 1)
+        raise ValueError(
+            f"row {row}: label {int(flat_labels[at])} at position {at - int(starts[row])} is neither "
+            f"ignore_index ({ignore_index}) nor a token id (vocabulary size {vocab_size})"
+        )
 
     if padding_free:
         labels = flat_labels.copy()

@@ -106,6 +106,11 @@ def _texts(rows: Any, tokenizer: Any) -> tuple[list[str], bool]:
         )
     rows = list(rows)
     if all(isinstance(r, str) for r in rows):
+        for i, r in enumerate(rows):
+            try:
+                r.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate: no tokenizer can read it
+                raise ValueError(f"row {i}: the text is not valid Unicode ({e.reason} at {e.start})") from None
         return rows, False
     if all(_is_conversation(r) for r in rows):
         if not hasattr(tokenizer, "apply_chat_template") or not getattr(tokenizer, "chat_template", None):
