@@ -159,6 +159,50 @@ def test_integer_like_items_are_accepted(collator):
     assert out["labels"].tolist() == [ROW_LABELS]
 
 
+_SELF_REMOVING_ITEM_CHILD = """
+import sys
+from sftmask import DataCollatorForCompletionOnlyLM
+
+collator = DataCollatorForCompletionOnlyLM("Bot:", tokenizer=sys.argv[1], pad_token_id=18, return_tensors="np")
+
+def make_row():
+    row = [6, None, 9]
+
+    class Evil:
+        def __index__(self):
+            row[1] = 0  # the list drops its (only) reference to this object
+            return "not an int"  # a C-level TypeError: no traceback frame keeps `self` alive
+
+    row[1] = Evil()
+    return row
+
+for _ in range(200):
+    try:
+        collator([make_row()])
+    except TypeError as e:
+        message = str(e)
+print(message)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: src/python.rs copy_list reads list items as borrowed references (main 7986345); an item "
+    "whose __index__ drops the list's reference to it is freed before id_from reports it: use-after-free, "
+    "the process segfaults",
+)
+def test_item_whose_index_removes_itself_from_the_list(tok_path):
+    out = subprocess.run(
+        [sys.executable, "-c", _SELF_REMOVING_ITEM_CHILD, tok_path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONMALLOC": "debug"},  # freed memory is poisoned: a use after free shows
+    )
+    assert out.returncode == 0, f"the process died (rc {out.returncode}): {out.stderr[-300:]}"
+    assert out.stdout.strip() == "row 0: token id at position 1 must be an int, got Evil"
+
+
 @pytest.mark.parametrize(
     "arr",
     [
