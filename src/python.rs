@@ -728,7 +728,14 @@ fn copy_list(list: &Bound<'_, PyList>, out: &mut [i64], row: usize) -> PyResult<
         }
         // SAFETY: `item` is a valid borrowed reference while the list is alive and unchanged.
         let item = unsafe { Borrowed::from_ptr(py, item) };
-        *slot = id_from(&item, row, position)?;
+        // SAFETY: reads the type only. An exact int runs no Python code, so the borrowed reference
+        // stays valid; anything else may run `__index__`, which can drop the list's reference to
+        // the item: hold our own then.
+        *slot = if unsafe { ffi::PyLong_CheckExact(item.as_ptr()) } != 0 {
+            id_from(&item, row, position)?
+        } else {
+            id_from(&item.to_owned(), row, position)?
+        };
     }
     Ok(())
 }

@@ -185,12 +185,6 @@ print(message)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: src/python.rs copy_list reads list items as borrowed references (main 7986345); an item "
-    "whose __index__ drops the list's reference to it is freed before id_from reports it: use-after-free, "
-    "the process segfaults",
-)
 def test_item_whose_index_removes_itself_from_the_list(tok_path):
     out = subprocess.run(
         [sys.executable, "-c", _SELF_REMOVING_ITEM_CHILD, tok_path],
