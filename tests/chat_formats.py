@@ -195,3 +195,10 @@ def truth_for(tok, text: str, fmt: ChatFormat, *, instructions: bool = True, tra
         text = text[: max((e for _, e in offsets), default=0)]
     spans = regions(text, fmt.response, fmt.instructions if instructions else (), train_on)
     return ids, expected_labels(ids, offsets, spans)
+
+
+def truth_by_ids(tok, chats: list[list[dict]], fmt: ChatFormat, suffix: str = "") -> dict[tuple[int, ...], list[int]]:
+    """Ground truth of each chat (plus ``suffix``, e.g. the EOS that SFTTrainer appends), keyed by
+    its ids, for checking the batches a trainer built."""
+    pairs = (truth_for(tok, render(fmt, c) + suffix, fmt) for c in chats)
+    return {tuple(ids): labels for ids, labels in pairs}

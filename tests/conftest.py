@@ -59,6 +59,42 @@ def family(request) -> str:
     return request.param
 
 
+def tiny_llama(vocab_size: int, *, tie_word_embeddings: bool = True, **config):
+    """A tiny randomly initialised ``LlamaForCausalLM`` (seed 0) sized to a real vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=tie_word_embeddings,
+        **config,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+class Recorder:
+    """Wraps a collator and keeps every batch it makes (and the keys of the examples it got)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.seen_keys = []
+        self.batches = []
+
+    def __call__(self, examples):
+        import torch
+
+        self.seen_keys.append(sorted(examples[0].keys()) if hasattr(examples[0], "keys") else [])
+        batch = self.collator(examples)
+        self.batches.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        return batch
+
+
 #: Rows compared with the ground truth, per family (reported at the end of the run).
 ROWS_CHECKED: collections.Counter[str] = collections.Counter()
 

@@ -18,8 +18,8 @@ import torch
 
 import sftmask
 from build_tokenizers import tokenizer_path
-from chat_formats import CHATML, render, truth_for
-from conftest import load_hf_tokenizer, load_tokenizer
+from chat_formats import CHATML, render, truth_by_ids
+from conftest import Recorder, load_hf_tokenizer, load_tokenizer, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 
@@ -42,39 +42,8 @@ CHATS = [
 ]
 
 
-def tiny_llama(vocab_size: int, seed: int = 0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    return transformers.LlamaForCausalLM(config)
-
-
-class Recorder:
-    """Wraps a collator and keeps every batch it makes."""
-
-    def __init__(self, collator):
-        self.collator = collator
-        self.batches = []
-
-    def __call__(self, examples):
-        batch = self.collator(examples)
-        self.batches.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-        return batch
-
-
-def truth_by_ids(suffix: str = ""):
-    """Ground truth of each chat (plus ``suffix``, e.g. the EOS that SFTTrainer appends), by ids."""
-    tok = load_tokenizer("qwen2")
-    pairs = (truth_for(tok, render(CHATML, c) + suffix, CHATML) for c in CHATS)
-    return {tuple(ids): labels for ids, labels in pairs}
+def chat_truth(suffix: str = ""):
+    return truth_by_ids(load_tokenizer("qwen2"), CHATS, CHATML, suffix)
 
 
 def check_batches(batches, truth):
@@ -101,12 +70,12 @@ def assert_trained(model, before, log_history):
 
 def test_transformers_trainer(tmp_path):
     tok = load_hf_tokenizer("qwen2")
-    truth = truth_by_ids()
+    truth = chat_truth()
     dataset = [{"input_ids": list(ids)} for ids in truth] * 2
     collator = Recorder(
         sftmask.DataCollatorForCompletionOnlyLM(CHATML.response, list(CHATML.instructions), tokenizer=tok)
     )
-    model = tiny_llama(len(tok))
+    model = tiny_llama(len(tok), max_position_embeddings=512)
     before = snapshot(model)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path),
@@ -132,12 +101,12 @@ def test_trl_0_19_sft_trainer(tmp_path):
     import datasets
 
     tok = load_hf_tokenizer("qwen2")
-    truth = truth_by_ids(suffix=tok.eos_token)  # TRL's dataset preparation appends the EOS
+    truth = chat_truth(suffix=tok.eos_token)  # TRL's dataset preparation appends the EOS
     texts = [render(CHATML, c) for c in CHATS] * 2
     collator = Recorder(
         sftmask.DataCollatorForCompletionOnlyLM(CHATML.response, list(CHATML.instructions), tokenizer=tok)
     )
-    model = tiny_llama(len(tok))
+    model = tiny_llama(len(tok), max_position_embeddings=512)
     before = snapshot(model)
     config = trl.SFTConfig(
         output_dir=str(tmp_path),

@@ -12,6 +12,7 @@ import pytest
 
 import sftmask
 from build_tokenizers import FAMILIES, fixture_info, tokenizer_path
+from conftest import tiny_llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -55,23 +56,6 @@ def _added_id(data: dict, content: str) -> int:
 LLAMA_SPECIALS = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
 
 
-def _tiny_llama(vocab_size: int, **config):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=False,
-        **config,
-    )
-    return LlamaForCausalLM(cfg)
-
-
 @pytest.fixture(autouse=True)
 def _warnings_are_errors():
     with warnings.catch_warnings():
@@ -83,7 +67,7 @@ def test_llama31_reuses_finetune_right_pad_id_without_resizing():
     data = _json("llama3")
     tok = _hf("llama3", **LLAMA_SPECIALS)
     assert tok.pad_token is None
-    model = _tiny_llama(len(tok))
+    model = tiny_llama(len(tok), tie_word_embeddings=False)
     before = model.get_input_embeddings().weight.detach().clone()
     n = len(tok)
 
@@ -122,7 +106,7 @@ def test_llama30_skips_reserved_tokens_that_have_a_role():
     )
     tok.chat_template = "{% for m in messages %}<|reserved_special_token_249|>{{ m.content }}{% endfor %}"
     used_as_eos = _added_id(data, "<|reserved_special_token_248|>")
-    model = _tiny_llama(len(tok), eos_token_id=[tok.eos_token_id, used_as_eos])
+    model = tiny_llama(len(tok), tie_word_embeddings=False, eos_token_id=[tok.eos_token_id, used_as_eos])
     before = model.get_input_embeddings().weight.detach().clone()
 
     pad = sftmask.ensure_pad_token(tok, model)
@@ -137,7 +121,7 @@ def test_gpt2_gets_a_new_pad_and_the_model_grows():
     assert not any(name in vocab for name in sftmask.pad.PAD_TOKEN_NAMES)
     assert not any(re.fullmatch(r"<\|reserved_special_token_\d+\|>", t) for t in vocab)
     n = len(tok)
-    model = _tiny_llama(n)
+    model = tiny_llama(n, tie_word_embeddings=False)
     emb_before = model.get_input_embeddings().weight.detach().clone()
     head_before = model.get_output_embeddings().weight.detach().clone()
 
@@ -158,7 +142,7 @@ def test_gpt2_gets_a_new_pad_and_the_model_grows():
 
 def test_idempotent():
     tok = _hf("gpt2", eos_token="<|endoftext|>")
-    model = _tiny_llama(len(tok))
+    model = tiny_llama(len(tok), tie_word_embeddings=False)
     first = sftmask.ensure_pad_token(tok, model)
     weights = model.get_input_embeddings().weight.detach().clone()
     n = len(tok)
@@ -172,7 +156,7 @@ def test_model_given_later_is_grown():
     n = len(tok)
     with pytest.warns(UserWarning, match=r"resize_token_embeddings"):
         pad = sftmask.ensure_pad_token(tok)
-    model = _tiny_llama(n)
+    model = tiny_llama(n, tie_word_embeddings=False)
     assert sftmask.ensure_pad_token(tok, model) == pad
     assert model.get_input_embeddings().weight.shape[0] > pad
 

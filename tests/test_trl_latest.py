@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import sftmask
-from chat_formats import CHATML, render, truth_for
-from conftest import load_hf_tokenizer, load_tokenizer
+from chat_formats import CHATML, render, truth_by_ids
+from conftest import Recorder, load_hf_tokenizer, load_tokenizer, tiny_llama
 
 trl = pytest.importorskip("trl")
 transformers = pytest.importorskip("transformers")
@@ -39,34 +39,6 @@ CHATS = [
 ]
 
 
-def tiny_llama(vocab_size: int):
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    return transformers.LlamaForCausalLM(config)
-
-
-class Recorder:
-    def __init__(self, collator):
-        self.collator = collator
-        self.seen_keys = []
-        self.batches = []
-
-    def __call__(self, examples):
-        self.seen_keys.append(sorted(examples[0].keys()))
-        batch = self.collator(examples)
-        self.batches.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-        return batch
-
-
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_newest_sft_trainer(tmp_path, padding_free):
     import datasets
@@ -74,16 +46,13 @@ def test_newest_sft_trainer(tmp_path, padding_free):
     tok = load_hf_tokenizer("qwen2")
     plain = load_tokenizer("qwen2")
     suffix = tok.eos_token  # dataset preparation appends the EOS to text data
-    truth = {}
-    for chat in CHATS:
-        ids, labels = truth_for(plain, render(CHATML, chat) + suffix, CHATML)
-        truth[tuple(ids)] = labels
+    truth = truth_by_ids(plain, CHATS, CHATML, suffix)
     collator = Recorder(
         sftmask.DataCollatorForCompletionOnlyLM(
             CHATML.response, list(CHATML.instructions), tokenizer=tok, padding_free=padding_free
         )
     )
-    model = tiny_llama(len(tok))
+    model = tiny_llama(len(tok), max_position_embeddings=512)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     config = trl.SFTConfig(
         output_dir=str(tmp_path),
