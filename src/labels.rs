@@ -19,6 +19,8 @@ pub struct RowStats {
     pub instruction_found: bool,
     /// Whether the first token is trained (a padding-free batch masks it afterwards).
     pub first_trained: bool,
+    /// Whether `max_length` cut the row (preprocessing only).
+    pub truncated: bool,
 }
 
 /// Writes the labels of one example: `ids[i]` where token `i` is trained, `ignore_index`

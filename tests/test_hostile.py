@@ -799,9 +799,9 @@ def test_low_level_api_hostile_arguments(collator):
     with pytest.raises(ValueError, match="row 0: token id -1 at position 0 is negative"):
         masker.inspect([-1])
     with pytest.raises(ValueError, match="padding_side must be 'right' or 'left'"):
-        masker.collate([ROW], pad_token_id=PAD, padding_side="up")
+        sftmask.Masker(vocab, "Bot:", pad_token_id=PAD, padding_side="up")
     with pytest.raises(ValueError, match="padding needs a pad token id"):
-        masker.collate([ROW])
+        sftmask.Masker(vocab, "Bot:").collate([ROW])
     with pytest.raises(ValueError, match="train_on"):
         sftmask.Masker(vocab, "Bot:", train_on="first")
     with pytest.raises(TypeError, match="compat='trl' takes response_template as token ids"):

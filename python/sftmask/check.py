@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -447,15 +446,30 @@ def scan(args: argparse.Namespace) -> tuple[Report, list[tuple[int, str, list[in
         return encoder.encode_batch([text], add_special_tokens=False)[0]
 
     try:
-        exact = Masker(vocab, response, instructions, train_on=args.train_on)
+        # Exact masks padding by position: any id will do when the tokenizer has no pad token.
+        fill = tok.info.pad_token_id if tok.info.pad_token_id is not None else 0
+        exact = Masker(
+            vocab,
+            response,
+            instructions,
+            train_on=args.train_on,
+            on_missing="ignore",
+            pad_token_id=fill,
+            num_threads=args.num_threads,
+        )
         # TRL tokenizes each template alone and takes one instruction template (the first here).
         trl_instruction = [encode_template(instructions[0])] if instructions else None
         trl = Masker(
-            vocab, encode_template(response), trl_instruction, compat="trl", pad_token_id=tok.info.pad_token_id
+            vocab,
+            encode_template(response),
+            trl_instruction,
+            compat="trl",
+            on_missing="ignore",
+            pad_token_id=fill,
+            num_threads=args.num_threads,
         )
     except (ValueError, TypeError) as e:
         raise CheckError(_first_line(e)) from None
-    fill = tok.info.pad_token_id if tok.info.pad_token_id is not None else 0  # exact masks padding by position
 
     render_messages = tok.chat_template_renderer() if kind == "messages" else None
 
@@ -515,15 +529,16 @@ def _render_chunk(render: Callable[[list[Any]], list[str]], chunk: list[Any], of
         raise CheckError(f"the chat template failed: {_first_line(e)}") from None
 
 
-def _collate(
-    masker: Any, rows: list[list[int]], fill: int, threads: int | None, offset: int = 0
-) -> tuple[np.ndarray, Any]:
+def _collate(masker: Any, rows: list[list[int]], offset: int = 0) -> tuple[np.ndarray, Any]:
+    from sftmask import RowError
+
     try:
-        arrays, stats = masker.collate(rows, pad_token_id=fill, num_threads=threads)
+        arrays, stats = masker.collate(rows)
+    except RowError as e:
+        # `row` counts from this chunk's start: name the row of the file instead.
+        raise CheckError(f"row {offset + e.row}: {_first_line(e.reason)}") from None
     except (ValueError, TypeError) as e:
-        # "row N" counts from this chunk's start: name the row of the file instead.
-        message = re.sub(r"^row (\d+)", lambda m: f"row {offset + int(m.group(1))}", _first_line(e))
-        raise CheckError(message) from None
+        raise CheckError(_first_line(e)) from None
     return arrays["labels"], stats
 
 
@@ -542,13 +557,14 @@ def _scan_chunk(
     lengths = [len(r) for r in rows]
     cut = [i for i, n in enumerate(lengths) if max_length is not None and n > max_length]
     seen = [r[:max_length] for r in rows] if cut else rows
-    labels, (n, tokens, trained, straddling, missing, _) = _collate(exact, seen, fill, threads, offset)
-    trl_labels, _ = _collate(trl, seen, fill, threads, offset)
-    report.rows += n
-    report.tokens += tokens
-    report.trained_tokens += trained
-    report.straddling_tokens += straddling
-    report.rows_without_template += len(missing)
+    labels, stats = _collate(exact, seen, offset)
+    trl_labels, _ = _collate(trl, seen, offset)
+    missing = stats.missing_rows
+    report.rows += stats.rows
+    report.tokens += stats.tokens
+    report.trained_tokens += stats.trained_tokens
+    report.straddling_tokens += stats.straddling_tokens
+    report.rows_without_template += stats.rows_without_template
     report.rows_truncated += len(cut)
     missing_set = set(missing)
     # Rows sftmask trains and TRL's token matching leaves entirely untrained (template not
@@ -566,8 +582,8 @@ def _scan_chunk(
             report.trl_rows_lost_sample.append(offset + i)
     if cut:
         # What truncation took away: templates (the row trains nothing now) or response tokens.
-        full_labels, (_, _, _, _, full_missing, _) = _collate(exact, [rows[i] for i in cut], fill, threads)
-        full_missing_set = set(full_missing)
+        full_labels, full_stats = _collate(exact, [rows[i] for i in cut])
+        full_missing_set = set(full_stats.missing_rows)
         for k, i in enumerate(cut):
             if k in full_missing_set:
                 continue

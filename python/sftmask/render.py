@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftmask import _tokenizer
+from sftmask._core import OptionError, OptionTypeError
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,12 @@ def _as_list(x: Any, what: str) -> list[int]:
     if hasattr(x, "tolist"):
         x = x.tolist()
     if isinstance(x, (str, bytes)) or not isinstance(x, Sequence):
-        raise TypeError(f"{what} must be a 1-D sequence of ints, got {type(x).__name__}")
+        raise OptionTypeError(f"{what} must be a 1-D sequence of ints, got {type(x).__name__}")
     if x and isinstance(x[0], (list, tuple)):
-        raise ValueError(f"{what} must be one row (1-D), got a batch: pass batch[...][i]")
+        raise OptionError(f"{what} must be one row (1-D), got a batch: pass batch[...][i]")
+    bad = next((v for v in x if isinstance(v, bool) or (not isinstance(v, int) and not hasattr(v, "__index__"))), None)
+    if bad is not None:
+        raise OptionTypeError(f"{what} must hold ints, got {type(bad).__name__}")
     return [int(v) for v in x]
 
 
@@ -95,23 +99,23 @@ def _render_row(vocab: Any, example: Any, labels: Any, ignore_index: int) -> Mas
     keep = None
     if isinstance(example, Mapping):
         if "input_ids" not in example:
-            raise ValueError("the example has no 'input_ids' key")
+            raise OptionError("the example has no 'input_ids' key")
         if labels is None:
             if "labels" not in example:
-                raise ValueError("no labels: pass labels=… or an example with a 'labels' key")
+                raise OptionError("no labels: pass labels=… or an example with a 'labels' key")
             labels = example["labels"]
         if example.get("attention_mask") is not None:
             keep = [bool(m) for m in _as_list(example["attention_mask"], "attention_mask")]
         example = example["input_ids"]
     elif labels is None:
-        raise ValueError("no labels: pass labels=… (e.g. batch['labels'][i])")
+        raise OptionError("no labels: pass labels=… (e.g. batch['labels'][i])")
     ids = _as_list(example, "input_ids")
     label_list = _as_list(labels, "labels")
     if len(label_list) != len(ids):
-        raise ValueError(f"labels has {len(label_list)} entries for {len(ids)} tokens")
+        raise OptionError(f"labels has {len(label_list)} entries for {len(ids)} tokens")
     if keep is not None:
         if len(keep) != len(ids):
-            raise ValueError(f"attention_mask has {len(keep)} entries for {len(ids)} tokens")
+            raise OptionError(f"attention_mask has {len(keep)} entries for {len(ids)} tokens")
         ids = [i for i, k in zip(ids, keep) if k]
         label_list = [lab for lab, k in zip(label_list, keep) if k]
     text, ends = vocab.text(ids)
@@ -122,6 +126,8 @@ def render_collated(collator: Any, example: Any) -> MaskView:
     """One example as ``collator`` labels it (``collator.render``)."""
     if getattr(collator, "labels", "mask") == "keep":
         return _render_row(collator._vocab, example, None, collator.ignore_index)
+    if isinstance(example, Mapping) and "input_ids" not in example:
+        raise OptionError("the example has no 'input_ids' key")
     ids = example["input_ids"] if isinstance(example, Mapping) else example
     return render_masked(collator._masker, collator._vocab, ids, collator.ignore_index)
 
