@@ -132,7 +132,7 @@ def test_difference_several_instruction_templates():
     assert ours.trained_text(ids) == ["call<|im_end|>\n", "It is sunny.<|im_end|>\n"]
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_per_token_keys_pass_through_as_trl_pads_them(data):
     """token_type_ids come back padded exactly as TRL 0.19.1's parent pads them (special_tokens_mask,
@@ -141,7 +141,7 @@ def test_per_token_keys_pass_through_as_trl_pads_them(data):
     tokenizer = copy.deepcopy(tok(False))
     tokenizer.padding_side = data.draw(st.sampled_from(["right", "left"]))
     conversations = data.draw(st.lists(chats(), min_size=1, max_size=3))
-    rows = [tokenizer.apply_chat_template(c) for c in conversations]
+    rows = [tokenizer.encode(render(CHATML, c), add_special_tokens=False) for c in conversations]
     examples = [
         {
             "input_ids": r,
