@@ -1,9 +1,9 @@
 """Chat formats of the test families, and the ground truth of the masking rule.
 
 The ground truth is computed on the *original string* — template occurrences found with
-``str.startswith`` (leftmost-first, response template first at a tie), regions by SPEC.md's
-rule — and mapped to tokens through the tokenizer's own character offsets. It shares no code
-with sftmask's byte-level path.
+``str.startswith`` (leftmost-first, response template first at a tie), regions by the rule of
+docs/masking.md#response-regions — and mapped to tokens through the tokenizer's own character
+offsets. It shares no code with sftmask's byte-level path.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def occurrences(text: str, response: str, instructions: tuple[str, ...]) -> list
 
 
 def regions(text: str, response: str, instructions: tuple[str, ...], train_on: str = "all") -> list[tuple[int, int]]:
-    """SPEC.md's region rule, on characters of the original string."""
+    """docs/masking.md#response-regions, on characters of the original string."""
     occ = occurrences(text, response, instructions)
     if not instructions:
         last = [o for o in occ if o[2]]

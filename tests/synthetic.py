@@ -126,7 +126,7 @@ def pad_id(family: str) -> int:
     return len(pieces(family)) + SPECIALS.index("<pad>")
 
 
-# -- the masking rule, re-implemented from SPEC.md on the searchable text -------------------------
+# -- the masking rule, re-implemented from docs/masking.md on the searchable text ----------------
 
 
 def occurrences(text: bytes, response: bytes, instructions: list[bytes]) -> list[tuple[int, int, bool]]:
@@ -161,7 +161,7 @@ def regions(occ: list[tuple[int, int, bool]], n: int, multi: bool, last: bool) -
 def reference_labels(
     ids: list[int], text: bytes, ends: list[int], regs: list[tuple[int, int]], ignore_index: int
 ) -> list[int]:
-    """SPEC's overlap rule: trained iff the span overlaps a region (zero width: offset inside one)."""
+    """docs/masking.md#the-overlap-rule: trained iff the span overlaps a region (zero width: offset inside one)."""
     out, start = [], 0
     for i, end in zip(ids, ends):
         if end > start:

@@ -25,7 +25,7 @@ def test_demo_output():
 def test_demo_tokenizer_is_real_qwen():
     folder = demo_tokenizer_dir()
     enc = sftmask.Encoder.from_json((folder / "tokenizer.json").read_text())
-    # Published Qwen2 ids (shared/tokenizers/README.md).
+    # Published Qwen2 ids (docs/test-tokenizers.md).
     ids = enc.encode_batch(["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"], add_special_tokens=False)
     assert ids == [[151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198]]
 

@@ -1,7 +1,8 @@
 """Exact mode against TRL 0.19.1 where TRL is right, and each documented difference on purpose.
 
 Where the template tokenizes the same in context (TRL finds it in every row), exact-mode labels
-equal TRL's, except for the differences the README documents, each shown by a test below.
+equal TRL's, except for the differences in docs/masking.md#differences-from-trl (the README's table),
+each shown by a test below.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 never crash the process and uphold the documented invariants.
 
 Vocabularies are the small synthetic ones of ``tests/synthetic.py`` (every decoder family), so
-templates occur often; labels are checked against a re-implementation of SPEC.md's rule on the
-searchable text (``synthetic.reference_labels``). A real tokenizer (GPT-2) gets random ids too.
+templates occur often; labels are checked against a re-implementation of docs/masking.md's rule
+on the searchable text (``synthetic.reference_labels``). A real tokenizer (GPT-2) gets random ids too.
 ``HYPOTHESIS_PROFILE=thorough`` runs 1,000 examples per test.
 """
 

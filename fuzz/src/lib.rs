@@ -10,7 +10,7 @@
 //! - `collate` fails iff some id is invalid, and then names the first bad row;
 //! - the searchable text: token spans are contiguous, each is the token's bytes or, for a
 //!   phantom space, the bytes without their leading space (never one without a phantom rule);
-//! - template occurrences, regions and labels equal a naive re-implementation of SPEC.md's rule
+//! - template occurrences, regions and labels equal a naive re-implementation of `docs/masking.md`'s rule
 //!   (leftmost-first non-overlapping search, response first at a tie; region rule; overlap rule);
 //! - `collate` writes exactly `inspect`'s labels for every row, pads by position (pad id,
 //!   `ignore_index`, attention 0), fills attention / positions / `cu_seq_lens`, masks the first
