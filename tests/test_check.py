@@ -1,6 +1,6 @@
 """`sftmask check` on real files written by the tests (JSONL, Parquet, datasets.save_to_disk).
 
-Truth: ground-truth labels on the original strings (tests/chat_formats.py), `str` search for
+Truth: ground-truth labels on the original strings (tests/ground_truth.py), `str` search for
 templates, the tokenizer's own offsets for truncation, and TRL 0.19.1's own collator for the
 rows it loses.
 """
@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from build_tokenizers import tokenizer_path
-from chat_formats import CHATML, regions, render, truth_for
+from chat_formats import CHATML, render
 from conftest import load_hf_tokenizer, load_tokenizer
+from ground_truth import text_regions, truth_for
 from sftmask.cli import main
 
 QWEN = tokenizer_path("qwen2").parent  # a folder with tokenizer.json (no chat template)
@@ -67,7 +68,7 @@ def truth(texts, max_length=None):
         found = CHATML.response in kept
         out["tokens"] += len(ids)
         out["trained_tokens"] += sum(v != -100 for v in labels)
-        spans = regions(kept, CHATML.response, CHATML.instructions)
+        spans = text_regions(kept, CHATML.response, CHATML.instructions)
         for (s, e), v in zip(enc.offsets[: len(ids)], labels):
             if v != -100 and e > s:
                 out["straddling_tokens"] += not any(rs <= s and e <= re for rs, re in spans)

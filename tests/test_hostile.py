@@ -36,13 +36,6 @@ ROW_LABELS = [-100, -100, -100, -100, 9]
 
 
 @pytest.fixture(scope="module")
-def tok_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synthetic") / "tokenizer.json"
-    path.write_text(synthetic.tokenizer_json("byte_level"))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def collator(tok_path):
     return DataCollatorForCompletionOnlyLM("Bot:", tokenizer=tok_path, pad_token_id=PAD, return_tensors="np")
 

@@ -1,6 +1,6 @@
 """`sftmask.render(ids, tokenizer, labels)`, `MaskView` (HTML, ANSI, plain) and `collator.render`.
 
-Truth: ground-truth labels (tests/chat_formats.py), the tokenizer's own per-token decode and
+Truth: ground-truth labels (tests/ground_truth.py), the tokenizer's own per-token decode and
 offsets, TRL 0.19.1's labels, and the DOM that a real browser (headless Chromium) builds from the
 HTML."""
 
@@ -18,8 +18,9 @@ import pytest
 
 import sftmask
 from build_tokenizers import tokenizer_path
-from chat_formats import CHATML, LLAMA3, render, truth_for
+from chat_formats import CHATML, LLAMA3, render
 from conftest import load_hf_tokenizer, load_tokenizer
+from ground_truth import truth_for
 
 CHAT = [
     {"role": "system", "content": "Be <terse> & 'exact'."},
