@@ -204,6 +204,16 @@ impl Batch {
         &mut self.labels[range]
     }
 
+    /// Sets the labels of row `r`'s padding (padded layout; nothing in a flat one).
+    pub fn fill_padding_labels(&mut self, r: usize, value: i64) {
+        if let Layout::Padded { .. } = self.layout {
+            let tokens = self.row_range(r);
+            let row = r * self.width..(r + 1) * self.width;
+            self.labels[row.start..tokens.start].fill(value);
+            self.labels[tokens.end..row.end].fill(value);
+        }
+    }
+
     /// A buffer shaped like `input_ids`, filled with `pad`, for a per-token column passed
     /// through with the batch (`token_type_ids`); rows go at [`Batch::row_range`].
     ///

@@ -21,6 +21,8 @@ pub struct RowStats {
     pub first_trained: bool,
     /// Whether `max_length` cut the row (preprocessing only).
     pub truncated: bool,
+    /// `compat="trl"`: TRL's masking reaches into this row's padding on (left, right).
+    pub masks_padding: (bool, bool),
 }
 
 /// Writes the labels of one example: `ids[i]` where token `i` is trained, `ignore_index`

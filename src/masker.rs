@@ -322,6 +322,7 @@ impl Masker {
                     found: out.response_found,
                     instruction_found: out.instruction_found,
                     first_trained: labels.first().is_some_and(|&l| trained(l)),
+                    masks_padding: (out.masks_left_padding, out.masks_right_padding),
                     ..RowStats::default()
                 })
             }
@@ -444,10 +445,16 @@ impl Masker {
             self.fill_row(item, scratch, r, flat)
         });
         let mut stats = Stats::default();
+        let left = matches!(batch.layout(), Layout::Padded { left: true, .. });
         for (r, res) in results.into_iter().enumerate() {
             let mut s = res?;
             if given {
                 s.found = s.trained > u64::from(flat && s.first_trained);
+            }
+            if !flat && (if left { s.masks_padding.0 } else { s.masks_padding.1 }) {
+                // TRL masks the padded row: where its range covers the padding, the padding's
+                // label is ignore_index rather than the parent's -100.
+                batch.fill_padding_labels(r, self.ignore_index);
             }
             stats.add_row(r, &s, flat);
         }

@@ -327,24 +327,13 @@ def test_compat_trl_random_batches(family, data):
     trained = int(((theirs["labels"] != -100) & (theirs["labels"] != ignore)).sum())
     event(f"TRL trains {'some' if trained else 'no'} tokens")
     assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
-    if options["padding_free"]:
-        assert ours["labels"].tolist() == theirs["labels"].tolist()
-    else:
-        # Compared on the tokens only: where TRL masks a row whole (or its first pair covers
-        # padding), it writes ignore_index over the padding labels and sftmask keeps -100
-        # (test_compat_trl_padding_label_when_ignore_index_is_not_minus_100).
-        mask = theirs["attention_mask"].bool()
+    # Padding labels included: where TRL's masked range covers the padding, it is ignore_index.
+    assert ours["labels"].tolist() == theirs["labels"].tolist()
+    if not options["padding_free"]:
         assert ours["attention_mask"].tolist() == theirs["attention_mask"].tolist()
-        assert ours["labels"][mask].tolist() == theirs["labels"][mask].tolist()
-        assert set(ours["labels"][~mask].tolist()) <= {-100}
     assert collator.stats.trained_tokens == trained
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compat='trl' pads labels with -100 where TRL 0.19.1 writes ignore_index over the padding "
-    "of a row it masks whole (found by test_compat_trl_random_batches; src/ is being refactored)",
-)
 def test_compat_trl_padding_label_when_ignore_index_is_not_minus_100():
     trl = pytest.importorskip("trl", reason="TRL 0.19.1 is the oracle; .ci/run installs it")
     examples = [{"input_ids": [7, 1, 6, 8, 2, 3]}, {"input_ids": [6, 8, 2]}]  # the second has no "\n" (7)
@@ -353,7 +342,12 @@ def test_compat_trl_padding_label_when_ignore_index_is_not_minus_100():
         warnings.simplefilter("ignore")
         theirs = trl.DataCollatorForCompletionOnlyLM([6, 8], [7], tokenizer=hf_tokenizer("byte_level"), **kw)(examples)
         ours = DataCollatorForCompletionOnlyLM(
-            [6, 8], [7], tokenizer=synthetic_tokenizer_path("byte_level"), compat="trl", **kw
+            [6, 8],
+            [7],
+            tokenizer=synthetic_tokenizer_path("byte_level"),
+            compat="trl",
+            pad_token_id=hf_tokenizer("byte_level").pad_token_id,
+            **kw,
         )(examples)
     assert theirs["labels"][1].tolist() == [-3] * 6
     assert ours["labels"].tolist() == theirs["labels"].tolist()

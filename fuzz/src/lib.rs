@@ -709,7 +709,18 @@ pub fn run_case(case: &Case) -> Outcome {
         (None, Err(e)) => panic!("collate failed on valid ids: {e}"),
         (None, Ok(stats)) => {
             let expected: Vec<Vec<i64>> = expected.into_iter().map(Option::unwrap).collect();
-            check_batch(&batch, stats, &rows, &expected, &masker, pad, flat, left, multiple_of);
+            check_batch(
+                &batch,
+                stats,
+                &rows,
+                &expected,
+                &masker,
+                pad,
+                flat,
+                left,
+                multiple_of,
+                trl_templates.as_ref(),
+            );
             // Other sources and thread counts fill identical arrays.
             for (threads, in_place) in [(2, true), (if large { 3 } else { 2 }, false)] {
                 let (b2, s2) = run(threads, in_place);
@@ -859,6 +870,7 @@ fn check_batch(
     flat: bool,
     left: bool,
     multiple_of: Option<usize>,
+    trl: Option<&TrlTemplates>,
 ) {
     let ignore = masker.ignore_index();
     let padding_label = masker.padding_label();
@@ -891,6 +903,13 @@ fn check_batch(
         let mut trained = 0u64;
         for (r, ids) in rows.iter().enumerate() {
             let off = if left { width - ids.len() } else { 0 };
+            // TRL masks the padded row: its rule, run on the padded ids, labels the padding
+            // (-100 from the parent, or ignore_index where a masked range covers it).
+            let padded_labels = trl.map(|t| {
+                let mut padded = vec![pad; width];
+                padded[off..off + ids.len()].copy_from_slice(ids);
+                naive_trl_labels(&padded, &t.response, t.instruction.as_deref(), t.pad, ignore)
+            });
             for c in 0..width {
                 let k = r * width + c;
                 if c >= off && c < off + ids.len() {
@@ -899,7 +918,8 @@ fn check_batch(
                     assert_eq!(batch.attention_mask[k], 1);
                 } else {
                     assert_eq!(batch.input_ids[k], pad, "padding holds the pad id");
-                    assert_eq!(batch.labels[k], padding_label, "padding is masked by position");
+                    let want = padded_labels.as_ref().map_or(padding_label, |l| l[c]);
+                    assert_eq!(batch.labels[k], want, "padding is masked by position");
                     assert_eq!(batch.attention_mask[k], 0);
                 }
             }
