@@ -234,7 +234,8 @@ def test_show_renders_problem_rows_first(tmp_path, capsys):
     missing = sum(CHATML.response not in t for t in texts)
     assert re.search(rf"^rows without a response template\s+{missing} \({missing / len(texts):.2%}\)$", out, re.M)
     shown = re.findall(r"^row (\d+) \((.*?);", out, re.M)
-    assert shown[0] == ("0", "no response template") and len(shown) == 2
+    # The text report counts rows from 1 (the first line of the file is row 1).
+    assert shown[0] == ("1", "no response template") and len(shown) == 2
     assert "no template here" in out and "[[" in out
     code, report = json_report(capsys, data, "--show", "3")
     assert report["shown"][0]["row"] == 0 and len(report["shown"]) == 3
@@ -280,7 +281,7 @@ BAD_INPUTS = {
     "wrong column": (lambda p: _write(p / "a.jsonl", '{"text": "x"}\n'), ["--column", "body"], "no column 'body'"),
     "column type": (lambda p: _write(p / "a.jsonl", '{"text": 3}\n'), [], "holds int values"),
     "missing key": (lambda p: _write(p / "a.jsonl", '{"text": "a"}\n{"other": 1}\n'), [], r"a\.jsonl:2: no 'text'"),
-    "bad ids": (lambda p: _write(p / "a.jsonl", '{"input_ids": [1, 2]}\n{"input_ids": [1, "x"]}\n'), [], "row 1"),
+    "bad ids": (lambda p: _write(p / "a.jsonl", '{"input_ids": [1, 2]}\n{"input_ids": [1, "x"]}\n'), [], "row 2:"),
     "id out of vocab": (lambda p: _write(p / "a.jsonl", '{"input_ids": [1, 99999999]}\n'), [], "not in the vocabulary"),
     "bad parquet": (_bad_parquet, [], "not a readable Parquet file"),
     "unknown format": (lambda p: _write(p / "a.csv", "text\nx\n"), [], "cannot tell the format"),

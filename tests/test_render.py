@@ -79,10 +79,12 @@ def test_render_accepts_any_labels_from_trl():
     collator = trl.DataCollatorForCompletionOnlyLM(CHATML.response, tokenizer=tok)
     batch = collator([{"input_ids": r} for r in rows])
     for i, row in enumerate(rows):
+        keep = batch["attention_mask"][i].bool()
         view = sftmask.render(batch["input_ids"][i], tok, batch["labels"][i])
-        # Padded positions are there too (no attention mask given): one token per position.
-        assert [t.trained for t in view.tokens] == (batch["labels"][i] != -100).tolist()
-        # With the attention mask, padding is left out.
+        # No attention mask given: padding is found by position and left out, as TRL's mask says.
+        assert [t.id for t in view.tokens] == row
+        assert [t.trained for t in view.tokens] == (batch["labels"][i][keep] != -100).tolist()
+        # With the attention mask, padding is left out too.
         example = {k: batch[k][i] for k in ("input_ids", "labels", "attention_mask")}
         row_view = sftmask.render(example, tok)
         assert [t.id for t in row_view.tokens] == row
