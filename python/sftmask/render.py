@@ -82,13 +82,16 @@ def _unpadded(
 ) -> tuple[int, int]:
     """``(start, end)`` of a row of a padded batch without its padding, found by position: the run
     of ``pad_token_id`` on the padding side whose labels (when given) are masked. When pad == EOS,
-    the first pad of a right-side run is the row's own EOS and stays.
+    the first pad of a right-side run is the row's own EOS and stays (unless the row's EOS is
+    trained, and so not part of the run).
 
     >>> _unpadded([5, 6, 0, 0], [5, 6, -100, -100], 0, 2, "right", -100)
     (0, 2)
     >>> _unpadded([0, 0, 5, 2], None, 0, 2, "left", -100)
     (2, 4)
     >>> _unpadded([5, 2, 2, 2], [-100, -100, -100, -100], 2, 2, "right", -100)  # pad == EOS
+    (0, 2)
+    >>> _unpadded([5, 2, 2, 2], [5, 2, -100, -100], 2, 2, "right", -100)  # the EOS is trained
     (0, 2)
     """
     start, end = 0, len(ids)
@@ -104,7 +107,8 @@ def _unpadded(
     else:
         while end > start and is_pad(end - 1):
             end -= 1
-        if pad_token_id == eos_token_id and end < len(ids):
+        # pad == EOS: unless a trained EOS ended the run, its first token is the row's own EOS.
+        if pad_token_id == eos_token_id and end < len(ids) and (end == 0 or ids[end - 1] != eos_token_id):
             end += 1
     return start, end
 

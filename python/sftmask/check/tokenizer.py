@@ -1,8 +1,8 @@
 """The ``--tokenizer`` of ``sftmask check``: a folder, a ``tokenizer.json``, or a Hugging Face hub name.
 
-A hub name is looked up in the local cache first; only when it is not there is the hub asked, and
-only after a quick check that the hub can be reached at all, so that an offline machine gets one
-line at once instead of a minute of retries.
+A hub name is looked up in the local Hugging Face cache first (and then read like a local folder);
+only when it is not there is the hub asked, and only after a quick check that the hub can be
+reached at all, so that an offline machine gets one line at once instead of a minute of retries.
 
 >>> from sftmask.check.tokenizer import Tokenizer
 >>> tok = Tokenizer("./tokenizer")  # a folder with tokenizer.json  # doctest: +SKIP
@@ -36,12 +36,14 @@ class Tokenizer:
         path = Path(spec)
         self.path: Path | None = path if path.exists() else None
         self._hf: Any = None
+        if self.path is None and _looks_like_hub_name(spec):
+            self.path = _cached_snapshot(spec)  # read like a local folder: no network at all
         if self.path is not None:
             file = self.path / "tokenizer.json" if self.path.is_dir() else self.path
             if not file.is_file():
                 raise CheckError(f"no tokenizer.json in {spec}")
             self.target: Any = self.path
-        elif spec.startswith(("/", ".", "~")) or spec.endswith(".json") or spec.count("/") > 1:
+        elif not _looks_like_hub_name(spec):
             raise CheckError(f"no such tokenizer file or folder: {spec}")
         else:
             self.target = self.transformers()  # a hub name (from the local cache, or downloaded)
@@ -93,6 +95,28 @@ class Tokenizer:
         return render
 
 
+def _looks_like_hub_name(spec: str) -> bool:
+    return not (spec.startswith(("/", ".", "~")) or spec.endswith(".json") or spec.count("/") > 1)
+
+
+def _cached_snapshot(name: str) -> Path | None:
+    """The folder of ``name``'s tokenizer in the local Hugging Face cache, if it is there.
+
+    ``huggingface_hub.try_to_load_from_cache`` only looks at the disk. (transformers'
+    ``from_pretrained(name, local_files_only=True)`` is no substitute: 4.57 still asks the hub
+    about the model for its Mistral regex check.)
+    """
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(name, "tokenizer.json")
+    except Exception:  # a malformed name (huggingface_hub validates repo ids)
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """transformers' and huggingface_hub's warnings (retries, deprecations) silenced: our own one line
@@ -117,12 +141,9 @@ def _quiet() -> Iterator[None]:
 
 
 def _from_hub(auto: Any, name: str) -> Any:
-    """``auto.from_pretrained(name)``: from the local cache when it is there, else from the hub if the
-    hub answers within :data:`PROBE_TIMEOUT` seconds; one :class:`CheckError` line otherwise."""
-    try:
-        return auto.from_pretrained(name, local_files_only=True)
-    except Exception:
-        pass  # not cached (or cached incompletely): the hub has to be asked
+    """``auto.from_pretrained(name)`` for a name not in the local cache (:func:`_cached_snapshot`):
+    from the hub if it answers within :data:`PROBE_TIMEOUT` seconds; one :class:`CheckError` line
+    otherwise."""
     if _offline_mode():
         raise CheckError(
             f"the tokenizer {name} is not in the local Hugging Face cache and offline mode is on "
