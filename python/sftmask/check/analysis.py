@@ -16,7 +16,7 @@ import argparse
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -109,7 +109,7 @@ def _encode(
 
 
 def _make_maskers(
-    tok: Tokenizer, encoder: Any, response: str, instructions: list[str], train_on: str
+    tok: Tokenizer, encoder: Any, response: str, instructions: list[str], train_on: Literal["all", "last"]
 ) -> tuple[Any, Any]:
     """The exact masker, and one following TRL 0.19.1's rule."""
     from sftmask import Masker

@@ -121,23 +121,17 @@ def _cached_snapshot(name: str) -> Path | None:
 def _quiet() -> Iterator[None]:
     """transformers' and huggingface_hub's warnings (retries, deprecations) silenced: our own one line
     says what went wrong."""
+    from huggingface_hub.utils import logging as hub_logging  # a dependency of transformers
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, hub_verbosity = hf_logging.get_verbosity(), hub_logging.get_verbosity()
     hf_logging.set_verbosity_error()
-    try:
-        from huggingface_hub.utils import logging as hub_logging
-    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
-        hub_logging = None
-    hub_verbosity = hub_logging.get_verbosity() if hub_logging else None
-    if hub_logging:
-        hub_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
-        if hub_logging and hub_verbosity is not None:
-            hub_logging.set_verbosity(hub_verbosity)
+        hub_logging.set_verbosity(hub_verbosity)
 
 
 def _from_hub(auto: Any, name: str) -> Any:
