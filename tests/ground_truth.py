@@ -32,7 +32,7 @@ def occurrences(text: T, response: T, instructions: Sequence[T]) -> list[tuple[i
 
 
 def regions(occ: list[tuple[int, int, bool]], n: int, multi: bool, last: bool) -> list[Span]:
-    """The region rule of docs/masking.md#response-regions from the occurrences in a text of length ``n``: without instruction
+    """docs/masking.md#response-regions from the occurrences in a text of length ``n``: without instruction
     templates (``multi`` false) from the last response template to the end; with them, from each
     response template to the next occurrence (only the final one when ``last``)."""
     out = []
