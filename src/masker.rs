@@ -2,6 +2,8 @@
 //! found in the text (exact), TRL 0.19.1's token matching (`compat="trl"`), or labels the
 //! caller gives (`labels="keep"`). Per row: ids -> searchable text -> template occurrences ->
 //! regions -> labels; rows in parallel when the batch is big enough to pay for it.
+//!
+//! The rule: docs/masking.md (every section; #kept-labels for `Given`).
 
 use std::sync::Arc;
 
