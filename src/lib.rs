@@ -25,6 +25,7 @@
 //! ```
 
 pub mod batch;
+pub mod chat;
 pub mod encode;
 pub mod error;
 pub mod labels;
@@ -38,6 +39,8 @@ pub mod vocab;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod python_chat;
 
 pub use batch::{Batch, Layout, RowIds};
 pub use error::{Error, Result};

@@ -769,6 +769,8 @@ fn ids_vec(obj: &Bound<'_, PyAny>, row: usize) -> PyResult<Vec<i64>> {
 mod _core {
     #[pymodule_export]
     use super::{tokenize_and_mask, InternalError, PyEncoder, PyMasker, PyVocab, TokenizerError};
+    #[pymodule_export]
+    use crate::python_chat::render_chat;
 
     #[allow(non_upper_case_globals)]
     #[pymodule_export]

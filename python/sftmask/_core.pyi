@@ -164,3 +164,20 @@ def tokenize_and_mask(
 
     >>> ids, labels, stats = tokenize_and_mask(["<|im_start|>user\\nHi<|im_end|>\\n"], enc, masker)  # doctest: +SKIP
     """
+
+def render_chat(
+    template: str,
+    conversations_json: str,
+    bos: str | None = None,
+    eos: str | None = None,
+    add_generation_prompt: bool = False,
+    kwargs_json: str = "{}",
+) -> list[tuple[str, str]]:
+    """Renders each conversation (JSON list of ``{"messages", "tools"}``) with a chat template, in Rust.
+
+    Temporary test hook. One ``(kind, text)`` per conversation, kind one of ``ok``, ``raised``,
+    ``unsupported``, ``limit``.
+
+    >>> render_chat("{{ messages[0].content }}", '[{"messages": [{"content": "hi"}]}]')  # doctest: +SKIP
+    [('ok', 'hi')]
+    """

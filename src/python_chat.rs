@@ -1,0 +1,74 @@
+//! Temporary binding for the chat renderer's byte-identity test (`tests/test_chat_render.py`):
+//! one function, `render_chat`, until the chat API gets its own Python types.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::chat::{ChatError, ChatTemplate, SpecialTokens, Value};
+
+/// Renders each conversation of `conversations_json` (a JSON list of
+/// `{"messages": [...], "tools": [...] | null}`) with `template`, in Rust, without the GIL.
+/// Returns one `(kind, text)` per conversation: `("ok", rendered)`, `("raised", message)`,
+/// `("unsupported", reason)` or `("limit", reason)`.
+///
+/// >>> render_chat("{{ messages[0].content }}", '[{"messages": [{"content": "hi"}]}]')
+/// [('ok', 'hi')]
+#[pyfunction]
+#[pyo3(signature = (template, conversations_json, bos = None, eos = None, add_generation_prompt = false, kwargs_json = "{}"))]
+pub(crate) fn render_chat(
+    py: Python<'_>,
+    template: &str,
+    conversations_json: &str,
+    bos: Option<String>,
+    eos: Option<String>,
+    add_generation_prompt: bool,
+    kwargs_json: &str,
+) -> PyResult<Vec<(String, String)>> {
+    // Parsed into minijinja values directly: they keep the keys' order, as Python dicts do.
+    let conversations: Vec<Value> = serde_json::from_str(conversations_json)
+        .map_err(|e| PyValueError::new_err(format!("conversations_json: {e}")))?;
+    let kwargs: json_object::Pairs = serde_json::from_str(kwargs_json)
+        .map_err(|e| PyValueError::new_err(format!("kwargs_json: {e}")))?;
+    let special = SpecialTokens { bos, eos, ..SpecialTokens::default() };
+    let out = py.detach(|| {
+        let compiled = ChatTemplate::new(template, special);
+        conversations
+            .iter()
+            .map(|conv| {
+                let result = compiled.as_ref().map_err(Clone::clone).and_then(|t| {
+                    let messages = conv.get_attr("messages").unwrap_or_default();
+                    let tools = conv.get_attr("tools").ok().filter(|v| !v.is_undefined() && !v.is_none());
+                    t.render(&messages, tools.as_ref(), &kwargs.0, add_generation_prompt)
+                });
+                match result {
+                    Ok(text) => ("ok".to_owned(), text),
+                    Err(ChatError::Raised(m)) => ("raised".to_owned(), m),
+                    Err(ChatError::Limit(m)) => ("limit".to_owned(), m),
+                    Err(e) => ("unsupported".to_owned(), e.to_string()),
+                }
+            })
+            .collect()
+    });
+    Ok(out)
+}
+
+mod json_object {
+    //! A JSON object read as its (key, value) pairs, in order.
+    use crate::chat::Value;
+
+    pub(crate) struct Pairs(pub Vec<(String, Value)>);
+
+    impl<'de> serde::Deserialize<'de> for Pairs {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let v = Value::deserialize(d)?;
+            let mut pairs = Vec::new();
+            if let Ok(keys) = v.try_iter() {
+                for k in keys {
+                    let value = v.get_item(&k).unwrap_or_default();
+                    pairs.push((k.as_str().unwrap_or_default().to_owned(), value));
+                }
+            }
+            Ok(Pairs(pairs))
+        }
+    }
+}
