@@ -27,9 +27,13 @@ pub(crate) fn render_chat(
     // Parsed into minijinja values directly: they keep the keys' order, as Python dicts do.
     let conversations: Vec<Value> = serde_json::from_str(conversations_json)
         .map_err(|e| PyValueError::new_err(format!("conversations_json: {e}")))?;
-    let kwargs: json_object::Pairs = serde_json::from_str(kwargs_json)
-        .map_err(|e| PyValueError::new_err(format!("kwargs_json: {e}")))?;
-    let special = SpecialTokens { bos, eos, ..SpecialTokens::default() };
+    let kwargs: json_object::Pairs =
+        serde_json::from_str(kwargs_json).map_err(|e| PyValueError::new_err(format!("kwargs_json: {e}")))?;
+    let special = SpecialTokens {
+        bos,
+        eos,
+        ..SpecialTokens::default()
+    };
     let out = py.detach(|| {
         let compiled = ChatTemplate::new(template, special);
         conversations
@@ -37,7 +41,10 @@ pub(crate) fn render_chat(
             .map(|conv| {
                 let result = compiled.as_ref().map_err(Clone::clone).and_then(|t| {
                     let messages = conv.get_attr("messages").unwrap_or_default();
-                    let tools = conv.get_attr("tools").ok().filter(|v| !v.is_undefined() && !v.is_none());
+                    let tools = conv
+                        .get_attr("tools")
+                        .ok()
+                        .filter(|v| !v.is_undefined() && !v.is_none());
                     t.render(&messages, tools.as_ref(), &kwargs.0, add_generation_prompt)
                 });
                 match result {

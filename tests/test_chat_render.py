@@ -31,7 +31,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 
-from build_chat_templates import chat_templates, conversations, special_tokens  # noqa: E402
+from build_chat_templates import chat_templates, conversations, special_tokens
 
 jinja2 = pytest.importorskip("jinja2")
 chat_template_utils = pytest.importorskip("transformers.utils.chat_template_utils")
@@ -39,14 +39,21 @@ chat_template_utils = pytest.importorskip("transformers.utils.chat_template_util
 from sftmask import _core  # noqa: E402
 
 #: Templates the Rust renderer cannot render, with why (these fall back to transformers).
-UNSUPPORTED: dict[str, str] = {}
+UNSUPPORTED: dict[str, str] = {
+    "llama_cpp/meetkai-functionary-medium-v3.1": "`'text'|safe + x`: Jinja2's Markup HTML-escapes x; minijinja cannot",
+}
 
-CONVERSATIONS = conversations(seed=0, count=40)
+#: Template kwargs each conversation is also rendered with (besides none at all).
+KWARGS: tuple[dict[str, Any], ...] = ({}, {"enable_thinking": False, "date_string": "26 Jul 2024"})
+
+CONVERSATIONS = conversations(seed=0, count=60)
 _TEMPLATES = chat_templates()
 _SUMMARY: list[str] = []
 
 
-def _truth(source: str, conv: dict[str, Any], special: dict[str, str], agp: bool) -> tuple[str, str]:
+def _truth(
+    source: str, conv: dict[str, Any], special: dict[str, str], agp: bool, kwargs: dict[str, Any] | None = None
+) -> tuple[str, str]:
     """transformers' rendering: ("ok", text), ("raised", message) or ("error", description)."""
     try:
         rendered, _ = chat_template_utils.render_jinja_template(
@@ -54,7 +61,8 @@ def _truth(source: str, conv: dict[str, Any], special: dict[str, str], agp: bool
             tools=conv["tools"],
             chat_template=source,
             add_generation_prompt=agp,
-            **special,
+            # As apply_chat_template: {**special_tokens_map, **kwargs}.
+            **{**special, **(kwargs or {})},
         )
         return "ok", rendered[0]
     except jinja2.TemplateError as e:
@@ -66,13 +74,16 @@ def _truth(source: str, conv: dict[str, Any], special: dict[str, str], agp: bool
         return "error", f"{type(e).__name__}: {e}"
 
 
-def _rust(source: str, convs: list[dict[str, Any]], special: dict[str, str], agp: bool) -> list[tuple[str, str]]:
+def _rust(
+    source: str, convs: list[dict[str, Any]], special: dict[str, str], agp: bool, kwargs: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
     return _core.render_chat(
         source,
         json.dumps(convs),
         bos=special.get("bos_token"),
         eos=special.get("eos_token"),
         add_generation_prompt=agp,
+        kwargs_json=json.dumps(kwargs or {}),
     )
 
 
@@ -84,11 +95,11 @@ def compare(name: str) -> dict[str, Any]:
     mismatches: list[str] = []
     skipped: list[str] = []
     unsupported: list[str] = []
-    for agp in (False, True):
-        rust = _rust(source, CONVERSATIONS, special, agp)
+    for kwargs, agp in [(k, a) for k in KWARGS for a in (False, True)]:
+        rust = _rust(source, CONVERSATIONS, special, agp, kwargs)
         for i, (conv, (kind, text)) in enumerate(zip(CONVERSATIONS, rust)):
-            want_kind, want = _truth(source, conv, special, agp)
-            where = f"conversation {i}, add_generation_prompt={agp}"
+            want_kind, want = _truth(source, conv, special, agp, kwargs)
+            where = f"conversation {i}, add_generation_prompt={agp}, kwargs={kwargs}"
             if want_kind == "error":
                 counts["skipped"] += 1
                 skipped.append(f"{where}: {want[:120]}")
@@ -143,10 +154,12 @@ def test_raise_exception_and_limits() -> None:
     conv = [{"messages": [{"role": "system", "content": "x"}], "tools": None}]
     assert _truth(source, conv[0], {}, False) == ("raised", "first must be user")
     assert _rust(source, conv, {}, False) == [("raised", "first must be user")]
-    # A template that loops (almost) for ever or renders megabytes stops at a limit, not a hang.
-    for runaway in ("{% for i in range(10**10) %}{% endfor %}", "{% for i in range(10**8) %}{{ 'x' * 100 }}{% endfor %}"):
-        [(kind, _)] = _rust(runaway, conv, {}, False)
-        assert kind == "limit"
+    # A template that renders gigabytes stops at the output limit; one that recurses without end
+    # stops at minijinja's recursion limit (the loop budget is tested in Rust, with a small budget).
+    [(kind, _)] = _rust("{% for i in range(100000) %}{{ 'x' * 10000 }}{% endfor %}", conv, {}, False)
+    assert kind == "limit"
+    [(kind, text)] = _rust("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", conv, {}, False)
+    assert kind == "unsupported" and "recursion" in text
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ __all__ = [
     "TokenizerError",
     "Vocab",
     "__version__",
+    "render_chat",
     "tokenize_and_mask",
 ]
 

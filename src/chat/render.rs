@@ -31,7 +31,8 @@ pub struct SpecialTokens {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// minijinja instructions per render (a 64-turn conversation with tools takes well under 1M).
+    /// minijinja instructions per render: 10M by default (about 1 s in a debug build, far more
+    /// than a real template spends on a long conversation).
     pub fuel: u64,
     /// Bytes of rendered text per render.
     pub max_output_bytes: usize,
@@ -40,7 +41,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            fuel: 50_000_000,
+            fuel: 10_000_000,
             max_output_bytes: 64 << 20,
         }
     }
@@ -107,9 +108,14 @@ impl ChatTemplate {
     /// assert!(matches!(err, ChatError::Limit(_)));
     /// ```
     pub fn with_limits(source: &str, special: SpecialTokens, limits: Limits) -> Result<Self, ChatError> {
-        let env = environment(limits.fuel);
-        let mut env = env;
-        env.add_template_owned(NAME, rewrite_generation_tags(source))
+        if let Some(reason) = python_only(source) {
+            return Err(ChatError::Unsupported(reason.into()));
+        }
+        let mut env = environment(limits.fuel);
+        // Jinja2's lexer turns every "\r\n" and "\r" of the source into "\n" (its
+        // `newline_sequence`), in text and in string literals alike.
+        let source = source.replace("\r\n", "\n").replace('\r', "\n");
+        env.add_template_owned(NAME, rewrite_generation_tags(&source))
             .map_err(|e| ChatError::Unsupported(describe(&e)))?;
         let special = [
             ("bos_token", special.bos),
@@ -248,6 +254,22 @@ fn environment(fuel: u64) -> Environment<'static> {
         py_str(&value, &mut s)?;
         Ok(s)
     });
+    // Jinja2's tests are Python's `iter()`, `len()`/`__getitem__` and `isinstance(Number)`:
+    // `none is iterable` is false, a string `is sequence`, `true is number`.
+    env.add_test("iterable", |v: Value| match v.kind() {
+        ValueKind::None | ValueKind::Bool | ValueKind::Number => false,
+        ValueKind::Plain | ValueKind::Invalid => v.try_iter().is_ok(),
+        _ => true,
+    });
+    env.add_test("sequence", |v: Value| {
+        matches!(
+            v.kind(),
+            ValueKind::Undefined | ValueKind::String | ValueKind::Bytes | ValueKind::Seq | ValueKind::Map
+        )
+    });
+    env.add_test("number", |v: Value| {
+        matches!(v.kind(), ValueKind::Number | ValueKind::Bool)
+    });
     env.add_function("raise_exception", |message: Value| -> Result<Value, Error> {
         let mut text = String::new();
         py_str(&message, &mut text)?;
@@ -268,7 +290,10 @@ fn tojson(value: Value, args: minijinja::value::Rest<Value>, kwargs: Kwargs) -> 
         *slot = Some(arg.clone());
     }
     if args.len() > names.len() {
-        return Err(Error::new(ErrorKind::TooManyArguments, "tojson takes at most 4 options"));
+        return Err(Error::new(
+            ErrorKind::TooManyArguments,
+            "tojson takes at most 4 options",
+        ));
     }
     for (slot, name) in given.iter_mut().zip(names) {
         if let Some(v) = kwargs.get::<Option<Value>>(name)? {
@@ -291,7 +316,12 @@ fn tojson(value: Value, args: minijinja::value::Rest<Value>, kwargs: Kwargs) -> 
             let parts: Vec<Value> = seps.try_iter()?.collect();
             match parts.as_slice() {
                 [a, b] => (a.to_string(), b.to_string()),
-                _ => return Err(Error::new(ErrorKind::InvalidOperation, "tojson: separators must be a pair")),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators must be a pair",
+                    ))
+                }
             }
         }
         None if indent.is_some() => (",".to_owned(), ": ".to_owned()),
@@ -343,7 +373,11 @@ fn methods(state: &mut State, value: &Value, method: &str, args: &[Value]) -> Re
             }
             ("partition" | "rpartition", 1) => {
                 let sep = arg(0).unwrap_or_default();
-                let found = if method == "partition" { s.find(sep) } else { s.rfind(sep) };
+                let found = if method == "partition" {
+                    s.find(sep)
+                } else {
+                    s.rfind(sep)
+                };
                 let parts = match found {
                     Some(i) => [&s[..i], sep, &s[i + sep.len()..]],
                     None if method == "partition" => [s, "", ""],
@@ -355,6 +389,33 @@ fn methods(state: &mut State, value: &Value, method: &str, args: &[Value]) -> Re
         }
     }
     minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+/// A construct whose Jinja2 meaning rests on Python types minijinja does not have.
+///
+/// `"text"|safe + x` is a `Markup` in Jinja2, and `Markup + str` HTML-escapes the `str`
+/// (`"` becomes `&#34;`); minijinja concatenates plainly. Such templates fall back.
+fn python_only(source: &str) -> Option<&'static str> {
+    let compact: String = source.chars().filter(|c| !c.is_whitespace()).collect();
+    if compact.contains("|safe+") || compact.contains("|safe)+") {
+        return Some("`|safe` followed by `+`: Jinja2's Markup HTML-escapes what is added to it");
+    }
+    // `+ "text"|safe`: `str + Markup` escapes the left operand too.
+    let bytes = compact.as_bytes();
+    let mut at = 0;
+    while let Some(i) = compact[at..].find("|safe") {
+        let i = at + i;
+        if i > 0 && matches!(bytes[i - 1], b'"' | b'\'') {
+            let quote = bytes[i - 1];
+            if let Some(open) = compact[..i - 1].rfind(quote as char) {
+                if open > 0 && bytes[open - 1] == b'+' {
+                    return Some("`+ \"text\"|safe`: Jinja2's Markup HTML-escapes what it is added to");
+                }
+            }
+        }
+        at = i + 5;
+    }
+    None
 }
 
 /// TRL's training templates wrap assistant output in `{% generation %}…{% endgeneration %}`, a
