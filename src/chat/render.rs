@@ -2,7 +2,7 @@
 
 use std::io;
 
-use minijinja::value::{Kwargs, ValueKind};
+use minijinja::value::{Kwargs, Tuple, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 
 use super::pystr::{py_str, to_json, JsonOptions};
@@ -102,7 +102,7 @@ impl ChatTemplate {
     /// ```
     /// use sftmask::chat::{ChatError, ChatTemplate, Limits, SpecialTokens, Value};
     /// let limits = Limits { fuel: 10_000, max_output_bytes: 1 << 20 };
-    /// let t = ChatTemplate::with_limits("{% for i in range(10**9) %}x{% endfor %}",
+    /// let t = ChatTemplate::with_limits("{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
     ///     SpecialTokens::default(), limits).unwrap();
     /// let err = t.render(&Value::from(Vec::<Value>::new()), None, &[], false).unwrap_err();
     /// assert!(matches!(err, ChatError::Limit(_)));
@@ -383,7 +383,7 @@ fn methods(state: &mut State, value: &Value, method: &str, args: &[Value]) -> Re
                     None if method == "partition" => [s, "", ""],
                     None => ["", "", s],
                 };
-                return Ok(Value::from(parts.iter().map(|p| Value::from(*p)).collect::<Vec<_>>()));
+                return Ok(Value::from(Tuple::from(parts.map(Value::from))));
             }
             _ => {}
         }
