@@ -178,35 +178,107 @@ if __name__ == "__main__":
 #: Small templates that each exercise one Python/Jinja2 behaviour, rendered against the
 #: conversation below by both renderers.
 SNIPPETS = (
-    "{{ none }}|{{ true }}|{{ false }}|{{ 1.0 }}|{{ 1/3 }}|{{ 10**20 }}|{{ 2.5e-7 }}|{{ 7 // 2 }}|{{ 7 % 3 }}",
-    "{{ [1, 'a', none, true, 2.5] }}|{{ {'k': 'v', 'n': [1]} }}|{{ ('x',) }}|{{ messages[0] }}",
+    ("{{ none }}|{{ true }}|{{ false }}|{{ 1.0 }}|{{ 1/3 }}|{{ 10**20 }}|{{ 2.5e-7 }}|{{ 7 // 2 }}|{{ 7 % 3 }}"),
+    ("{{ [1, 'a', none, true, 2.5] }}|{{ {'k': 'v', 'n': [1]} }}|{{ ('x',) }}|{{ messages[0] }}"),
     "{{ \"it's\" }}|{{ [\"it's\", 'say \"hi\"', 'back\\\\slash', 'tab\\tnl\\n'] }}",
-    "{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}|{{ {'b': 1, 'a': [1.5, none]} | tojson(sort_keys=true) }}",
-    "{{ {'a': 1, 'b': 'é'} | tojson(ensure_ascii=true) }}|{{ [1, 2] | tojson(separators=(',', ':')) }}|{{ 'x\\u0001\"' | tojson }}",
+    (
+        "{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}"
+        "|{{ {'b': 1, 'a': [1.5, none]} | tojson(sort_keys=true) }}"
+    ),
+    (
+        "{{ {'a': 1, 'b': 'é'} | tojson(ensure_ascii=true) }}"
+        "|{{ [1, 2] | tojson(separators=(',', ':')) }}|{{ 'x\\u0001\"' | tojson }}"
+    ),
     "{{ tools | tojson(indent=4) }}",
-    "{{ '  a b  '.strip() }}|{{ 'xxaxx'.strip('x') }}|{{ 'a,b,c'.split(',') }}|{{ 'a,b,c'.split(',', 1) }}|{{ 'a b  c'.split() }}",
-    "{{ 'a,b,c'.rsplit(',', 1) }}|{{ 'k=v=w'.partition('=') }}|{{ 'k=v=w'.rpartition('=') }}|{{ 'hello world'.title() }}",
-    "{{ 'abc'.startswith(('x', 'a')) }}|{{ 'abc'.endswith('c') }}|{{ 'abc'.upper() }}|{{ 'ABC'.lower() }}|{{ 'abc'.replace('b', 'B') }}",
-    "{{ 'abcdef'[::-1] }}|{{ 'abcdef'[1:3] }}|{{ messages[-1].role }}|{{ messages[1:] | length }}|{{ [1,2,3][:-1] }}",
-    "{{ 'b' in 'abc' }}|{{ 'role' in messages[0] }}|{{ 3 in [1, 2] }}|{{ 'x' not in 'abc' }}",
-    "{% set ns = namespace(n=0, last='') %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% set ns.last = m.role %}{% endfor %}{{ ns.n }} {{ ns.last }}",
-    "{% for m in messages %}{% if loop.index0 == 1 %}{% continue %}{% endif %}{% if loop.index > 3 %}{% break %}{% endif %}{{ loop.index }}{{ m.role }}{% if not loop.last %},{% endif %}{% endfor %}",
-    "{{ 'abc' is string }}|{{ 'abc' is sequence }}|{{ none is iterable }}|{{ messages is sequence }}|{{ true is number }}|{{ 1 is integer }}|{{ {} is mapping }}|{{ undefined_thing is defined }}",
-    "{% for k, v in messages[0].items() %}{{ k }}={{ v }};{% endfor %}|{{ messages[0] | items | list }}|{{ messages[0].get('nope', 'dflt') }}|{{ messages[0].keys() | list }}",
-    "{{ messages | map(attribute='role') | join(', ') }}|{{ messages | selectattr('role', 'equalto', 'user') | list | length }}|{{ [3, 1, 2] | sort }}|{{ [1, 2] | join }}",
-    "{{ 'x' ~ 1 ~ 'y' }}|{{ messages[0].content | trim }}|{{ '%s-%d' | format('a', 3) }}|{{ 'ab' * 3 }}|{{ [1] + [2] }}|{{ 'a' + 'b' }}",
-    "  {% if true %}\n    kept\n  {% endif %}\n{%- if true -%}  stripped  {%- endif %}\n{# comment #}\nend\n",
-    "{% macro turn(m) %}<{{ m.role }}>{{ caller() if caller else '' }}{% endmacro %}{% for m in messages %}{{ turn(m) }}{% endfor %}",
-    "{{ raise_exception('nope: ' ~ messages | length) if messages | length > 100 else 'fine' }}|{{ (messages | last).content[:5] }}|{{ messages | first | tojson }}",
+    (
+        "{{ '  a b  '.strip() }}|{{ 'xxaxx'.strip('x') }}|{{ 'a,b,c'.split(',') }}"
+        "|{{ 'a,b,c'.split(',', 1) }}|{{ 'a b  c'.split() }}"
+    ),
+    (
+        "{{ 'a,b,c'.rsplit(',', 1) }}|{{ 'k=v=w'.partition('=') }}"
+        "|{{ 'k=v=w'.rpartition('=') }}|{{ 'hello world'.title() }}"
+    ),
+    (
+        "{{ 'abc'.startswith(('x', 'a')) }}|{{ 'abc'.endswith('c') }}|{{ 'abc'.upper() }}"
+        "|{{ 'ABC'.lower() }}|{{ 'abc'.replace('b', 'B') }}"
+    ),
+    ("{{ 'abcdef'[::-1] }}|{{ 'abcdef'[1:3] }}|{{ messages[-1].role }}|{{ messages[1:] | length }}|{{ [1,2,3][:-1] }}"),
+    ("{{ 'b' in 'abc' }}|{{ 'role' in messages[0] }}|{{ 3 in [1, 2] }}|{{ 'x' not in 'abc' }}"),
+    (
+        "{% set ns = namespace(n=0, last='') %}{% for m in messages %}"
+        "{% set ns.n = ns.n + 1 %}{% set ns.last = m.role %}{% endfor %}{{ ns.n }}"
+        " {{ ns.last }}"
+    ),
+    (
+        "{% for m in messages %}{% if loop.index0 == 1 %}{% continue %}{% endif %}"
+        "{% if loop.index > 3 %}{% break %}{% endif %}{{ loop.index }}{{ m.role }}"
+        "{% if not loop.last %},{% endif %}{% endfor %}"
+    ),
+    (
+        "{{ 'abc' is string }}|{{ 'abc' is sequence }}|{{ none is iterable }}"
+        "|{{ messages is sequence }}|{{ true is number }}|{{ 1 is integer }}"
+        "|{{ {} is mapping }}|{{ undefined_thing is defined }}"
+    ),
+    (
+        "{% for k, v in messages[0].items() %}{{ k }}={{ v }};{% endfor %}"
+        "|{{ messages[0] | items | list }}|{{ messages[0].get('nope', 'dflt') }}"
+        "|{{ messages[0].keys() | list }}"
+    ),
+    (
+        "{{ messages | map(attribute='role') | join(', ') }}"
+        "|{{ messages | selectattr('role', 'equalto', 'user') | list | length }}"
+        "|{{ [3, 1, 2] | sort }}|{{ [1, 2] | join }}"
+    ),
+    (
+        "{{ 'x' ~ 1 ~ 'y' }}|{{ messages[0].content | trim }}"
+        "|{{ '%s-%d' | format('a', 3) }}|{{ 'ab' * 3 }}|{{ [1] + [2] }}|{{ 'a' + 'b' }}"
+    ),
+    ("  {% if true %}\n    kept\n  {% endif %}\n{%- if true -%}  stripped  {%- endif %}\n{# comment #}\nend\n"),
+    (
+        "{% macro turn(m) %}<{{ m.role }}>{{ caller() if caller else '' }}{% endmacro %}"
+        "{% for m in messages %}{{ turn(m) }}{% endfor %}"
+    ),
+    (
+        "{{ raise_exception('nope: ' ~ messages | length) if messages | length > 100 else 'fine' }}"
+        "|{{ (messages | last).content[:5] }}|{{ messages | first | tojson }}"
+    ),
     "{{ strftime_now('%Y-%m-%d') }}|{{ strftime_now('%d %b %Y') }}",
     "{{ 'x' ~ none }}|{{ 'x' ~ true }}|{{ 'x' ~ [1, 'a'] }}",
-    "[{{ messages[10] }}]|{{ messages[10] is defined }}|{{ messages[0].nope is defined }}|{{ (messages[0].nope or 'd') }}|{{ none | default('d') }}|{{ x | default('d', true) }}",
-    "{{ [1, 'a'] | string }}|{{ 'héllo' | length }}|{{ 'abc' | capitalize }}|{{ '3' | int + 1 }}|{{ '2.5' | float }}|{{ 2.567 | round(2) }}|{{ -3 | abs }}",
-    "{{ 'a<think>b</think>\\n\\nc'.split('</think>')[-1].lstrip('\\n') }}|{{ [1, 2, 3] | reverse | list }}|{{ 'a\\nb' | indent(2) }}|{{ 'x-y' | replace('-', '+') }}",
-    "{% set block %}inner {{ messages | length }}{% endset %}{{ block | upper }}|{% filter upper %}up{% endfilter %}|{{ 'y' if messages else 'n' }}|{{ range(3) | list }}|{{ dict(a=1, b=[2]) }}",
-    "{{ '{} and {}'.format('a', 1) }}|{{ 'banana'.count('a') }}|{{ 'banana'.find('n') }}|{{ '%.2f' | format(1.5) }}|{{ ('a', 1) | tojson }}|{{ {1: 'x', none: 2} | tojson }}",
-    "{% for m in messages %}{{ loop.previtem.role if loop.previtem else '-' }}>{{ m.role }}{{ loop.length }} {% endfor %}|{{ messages | selectattr('reasoning_content') | list | length }}|{{ messages | rejectattr('role', 'in', ['user']) | map(attribute='role') | list }}",
-    "{{ messages[2].reasoning_content | trim if messages[2].reasoning_content is string }}|{{ messages[0].content is none }}|{{ (messages | last)['role'] }}|{{ messages | length > 2 and messages[2].role == 'assistant' }}",
+    (
+        "[{{ messages[10] }}]|{{ messages[10] is defined }}"
+        "|{{ messages[0].nope is defined }}|{{ (messages[0].nope or 'd') }}"
+        "|{{ none | default('d') }}|{{ x | default('d', true) }}"
+    ),
+    (
+        "{{ [1, 'a'] | string }}|{{ 'héllo' | length }}|{{ 'abc' | capitalize }}"
+        "|{{ '3' | int + 1 }}|{{ '2.5' | float }}|{{ 2.567 | round(2) }}|{{ -3 | abs }}"
+    ),
+    (
+        "{{ 'a<think>b</think>\\n\\nc'.split('</think>')[-1].lstrip('\\n') }}"
+        "|{{ [1, 2, 3] | reverse | list }}|{{ 'a\\nb' | indent(2) }}"
+        "|{{ 'x-y' | replace('-', '+') }}"
+    ),
+    (
+        "{% set block %}inner {{ messages | length }}{% endset %}{{ block | upper }}"
+        "|{% filter upper %}up{% endfilter %}|{{ 'y' if messages else 'n' }}"
+        "|{{ range(3) | list }}|{{ dict(a=1, b=[2]) }}"
+    ),
+    (
+        "{{ '{} and {}'.format('a', 1) }}|{{ 'banana'.count('a') }}"
+        "|{{ 'banana'.find('n') }}|{{ '%.2f' | format(1.5) }}|{{ ('a', 1) | tojson }}"
+        "|{{ {1: 'x', none: 2} | tojson }}"
+    ),
+    (
+        "{% for m in messages %}{{ loop.previtem.role if loop.previtem else '-' }}"
+        ">{{ m.role }}{{ loop.length }} {% endfor %}"
+        "|{{ messages | selectattr('reasoning_content') | list | length }}"
+        "|{{ messages | rejectattr('role', 'in', ['user']) | map(attribute='role') | list }}"
+    ),
+    (
+        "{{ messages[2].reasoning_content | trim if messages[2].reasoning_content is string }}"
+        "|{{ messages[0].content is none }}|{{ (messages | last)['role'] }}"
+        "|{{ messages | length > 2 and messages[2].role == 'assistant' }}"
+    ),
 )
 
 SNIPPET_CONVERSATION = {
