@@ -770,7 +770,7 @@ mod _core {
     #[pymodule_export]
     use super::{tokenize_and_mask, InternalError, PyEncoder, PyMasker, PyVocab, TokenizerError};
     #[pymodule_export]
-    use crate::python_chat::render_chat;
+    use crate::python_chat::{chat_regions, render_chat};
 
     #[allow(non_upper_case_globals)]
     #[pymodule_export]

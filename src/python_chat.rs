@@ -50,13 +50,82 @@ pub(crate) fn render_chat(
                 match result {
                     Ok(text) => ("ok".to_owned(), text),
                     Err(ChatError::Raised(m)) => ("raised".to_owned(), m),
-                    Err(ChatError::Limit(m)) => ("limit".to_owned(), m),
-                    Err(e) => ("unsupported".to_owned(), e.to_string()),
+                    Err(e) => (kind(&e).to_owned(), e.to_string()),
                 }
             })
             .collect()
     });
     Ok(out)
+}
+
+/// One conversation's result in `chat_regions`: `(kind, text, regions)`, regions as
+/// `(message, start, end, marker)` byte offsets into the UTF-8 text.
+type Located = (String, String, Vec<(usize, usize, usize, Option<String>)>);
+
+/// Renders each conversation like `render_chat` (without a generation prompt) and locates its
+/// assistant messages (`ChatTemplate::render_with_regions`). `kind` is `ok` or an error kind
+/// (`raised`, `unsupported`, `limit`, `not_located`), then `text` is the message.
+///
+/// >>> chat_regions("{% for m in messages %}{{ m.content }}|{% endfor %}", '[{"messages": []}]', [])
+/// [('ok', '', [])]
+#[pyfunction]
+#[pyo3(signature = (template, conversations_json, special_tokens, bos = None, eos = None, kwargs_json = "{}"))]
+pub(crate) fn chat_regions(
+    py: Python<'_>,
+    template: &str,
+    conversations_json: &str,
+    special_tokens: Vec<String>,
+    bos: Option<String>,
+    eos: Option<String>,
+    kwargs_json: &str,
+) -> PyResult<Vec<Located>> {
+    let conversations: Vec<Value> = serde_json::from_str(conversations_json)
+        .map_err(|e| PyValueError::new_err(format!("conversations_json: {e}")))?;
+    let kwargs: json_object::Pairs =
+        serde_json::from_str(kwargs_json).map_err(|e| PyValueError::new_err(format!("kwargs_json: {e}")))?;
+    let special = SpecialTokens {
+        bos,
+        eos,
+        ..SpecialTokens::default()
+    };
+    let tokens: Vec<&str> = special_tokens.iter().map(String::as_str).collect();
+    let out = py.detach(|| {
+        let compiled = ChatTemplate::new(template, special);
+        conversations
+            .iter()
+            .map(|conv| {
+                let result = compiled.as_ref().map_err(Clone::clone).and_then(|t| {
+                    let messages = conv.get_attr("messages").unwrap_or_default();
+                    let tools = conv
+                        .get_attr("tools")
+                        .ok()
+                        .filter(|v| !v.is_undefined() && !v.is_none());
+                    t.render_with_regions(&messages, tools.as_ref(), &kwargs.0, &tokens)
+                });
+                match result {
+                    Ok((text, regions)) => (
+                        "ok".to_owned(),
+                        text,
+                        regions
+                            .into_iter()
+                            .map(|r| (r.message, r.start, r.end, r.marker))
+                            .collect(),
+                    ),
+                    Err(e) => (kind(&e).to_owned(), e.to_string(), Vec::new()),
+                }
+            })
+            .collect()
+    });
+    Ok(out)
+}
+
+fn kind(e: &ChatError) -> &'static str {
+    match e {
+        ChatError::Raised(_) => "raised",
+        ChatError::Limit(_) => "limit",
+        ChatError::NotLocated { .. } => "not_located",
+        _ => "unsupported",
+    }
 }
 
 mod json_object {

@@ -16,6 +16,7 @@ __all__ = [
     "TokenizerError",
     "Vocab",
     "__version__",
+    "chat_regions",
     "render_chat",
     "tokenize_and_mask",
 ]
@@ -181,4 +182,21 @@ def render_chat(
 
     >>> render_chat("{{ messages[0].content }}", '[{"messages": [{"content": "hi"}]}]')  # doctest: +SKIP
     [('ok', 'hi')]
+    """
+
+def chat_regions(
+    template: str,
+    conversations_json: str,
+    special_tokens: Sequence[str],
+    bos: str | None = None,
+    eos: str | None = None,
+    kwargs_json: str = "{}",
+) -> list[tuple[str, str, list[tuple[int, int, int, str | None]]]]:
+    """Renders each conversation and locates its assistant messages, in Rust.
+
+    Temporary test hook. One ``(kind, text, regions)`` per conversation; regions are
+    ``(message, start, end, marker)`` byte offsets into the UTF-8 text.
+
+    >>> chat_regions("{% for m in messages %}{{ m.content }}{% endfor %}", '[{"messages": []}]', [])  # doctest: +SKIP
+    [('ok', '', [])]
     """

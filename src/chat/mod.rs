@@ -23,9 +23,11 @@
 //! ```
 
 mod pystr;
+mod regions;
 mod render;
 
 pub use minijinja::Value;
+pub use regions::Region;
 pub use render::{ChatTemplate, Limits, SpecialTokens};
 
 /// What can go wrong when rendering a chat template.
@@ -52,4 +54,8 @@ pub enum ChatError {
     /// a template that loops or renders megabytes.
     #[error("the chat template ran past its limit: {0}")]
     Limit(String),
+    /// An assistant message whose region cannot be located exactly (see
+    /// [`ChatTemplate::render_with_regions`]); the row is an error, never a guessed mask.
+    #[error("message {message}: its region cannot be located exactly: {reason}")]
+    NotLocated { message: usize, reason: String },
 }
