@@ -469,6 +469,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shared_by_worker_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<ChatTemplate>();
+    }
+
+    #[test]
     fn generation_tags_become_if_blocks() {
         assert_eq!(
             rewrite_generation_tags("a{%- generation %}b{% endgeneration -%}c{% if x %}"),
