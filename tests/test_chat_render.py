@@ -315,7 +315,7 @@ HOSTILE: tuple[dict[str, Any], ...] = (
     {"messages": [{"role": "user"}], "tools": None},
     {"messages": [{"role": "user", "content": None}], "tools": None},
     {"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": {"k": [1, None]}}], "tools": None},
-    {"messages": [{"role": "wizard", "content": "unknown role"}, {"role": "assistant", "content": "ok"}], "tools": None},
+    {"messages": [{"role": "wizard", "content": "unknown"}, {"role": "assistant", "content": "ok"}], "tools": None},
     {"messages": [{"role": "assistant", "content": "starts with the assistant"}], "tools": None},
     {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "tools": None},
     {"messages": [{"role": "user", "content": "x" * 100_000}], "tools": []},
