@@ -8,8 +8,8 @@ Methods (all on the same Llama-3 chat rows, rendered here in Llama-3's chat form
   ids once, which any collator pays.
 * ``trl``: TRL 0.19.1's ``DataCollatorForCompletionOnlyLM`` over a transformers fast tokenizer
   (torch output; its numpy path does not mask).
-* ``seed``: the fix from the seed document (``shared/seed/``), written from its description:
-  TRL's padding, then per row ``decode``, ``str.find`` of the response template, and
+* ``seed``: the seed fix (the llama3-sft README; ``docs/masking.md#background``), written from its
+  description: TRL's padding, then per row ``decode``, ``str.find`` of the response template, and
   re-tokenization of the prefix and the suffix to turn the character position into a token
   position. It is single-turn only: on multi-turn data it trains everything after the first
   assistant header, which is what the seed's code does.
@@ -33,7 +33,8 @@ the child's peak RSS over its RSS before the call (output arrays included).
 
 Exactness: the labels of each method's first pass, row by row, against sftmask exact's and against a
 ground truth computed here on the rendered string (template occurrences found with ``str.find``,
-SPEC.md's region rule, mapped to tokens through the tokenizer's character offsets).
+the region rule of ``docs/masking.md#response-regions``, mapped to tokens through the tokenizer's
+character offsets).
 
 Usage::
 
@@ -176,7 +177,7 @@ def calibrate(tok: Any) -> float:
 
 
 def ground_truth(text: str, ids: list[int], offsets: list[tuple[int, int]], multi: bool) -> list[int]:
-    """SPEC.md's rule, computed on the rendered string: template occurrences by str.find
+    """docs/masking.md's rule, computed on the rendered string: template occurrences by str.find
     (leftmost-first, non-overlapping, response first at a tie), regions, then a token is trained
     iff its character span overlaps a region."""
     templates = [(RESPONSE, True)] + ([(USER, False)] if multi else [])
@@ -236,7 +237,7 @@ def make_seed_class() -> type:
     from trl import DataCollatorForCompletionOnlyLM as TrlCollator
 
     class SeedCollator(TrlCollator):
-        """The seed document's fix, written from its description (single-turn only)."""
+        """The seed fix (docs/masking.md#background), written from its description (single-turn only)."""
 
         def torch_call(self, examples: list[Any]) -> dict[str, Any]:
             batch = DataCollatorForLanguageModeling.torch_call(self, examples)  # pad, labels = ids

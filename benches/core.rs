@@ -458,7 +458,7 @@ fn bench_collate(c: &mut Criterion, fx: &Fixture) {
                     b.iter(|| {
                         let mut batch = Batch::new(lengths.clone(), layout, PAD_ID, IGNORE).expect("batch");
                         let stats = masker
-                            .collate(&mut batch, black_box(&sources), threads)
+                            .collate(&mut batch, black_box(&sources), &[], threads)
                             .expect("collate");
                         (batch, stats)
                     })

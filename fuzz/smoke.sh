@@ -2,9 +2,11 @@
 # Short fuzz run for CI (about 50 s of fuzzing, plus the build the first time).
 #
 # With a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`): libFuzzer with coverage
-# guidance on both targets, from empty corpora (a big local corpus in fuzz/corpus/ would take
-# longer than the budget just to load; long runs use it, see docs/fuzzing.md). Without them: the stable
-# fallback (tests/stable_fuzz.rs), seeded pseudo-random inputs through the same checks.
+# guidance on both targets, `collate` starting from the committed seed corpus
+# (fuzz/corpus-seed/collate/, read only; a big local corpus in fuzz/corpus/ would take longer
+# than the budget just to load; long runs use it, see docs/fuzzing.md). Without them: the stable
+# fallback (tests/stable_fuzz.rs), which replays the seed corpus (failing if it is missing or
+# empty) and then runs seeded pseudo-random inputs through the same checks.
 # Either way a crash, panic or violated invariant fails the script, and libFuzzer leaves the input
 # in fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run <target> <file>).
 #
@@ -32,7 +34,7 @@ if [ "$mode" = libfuzzer ]; then
     scratch=$(mktemp -d)
     trap 'rm -rf "$scratch"' EXIT
     mkdir -p "$scratch/collate" "$scratch/vocab_json"
-    cargo +nightly fuzz run -a collate "$scratch/collate" -- \
+    cargo +nightly fuzz run -a collate "$scratch/collate" corpus-seed/collate -- \
         -max_total_time="$structured" -max_len=2048 -len_control=0 -rss_limit_mb=4096 -timeout=60 -print_final_stats=1
     cargo +nightly fuzz run -a vocab_json "$scratch/vocab_json" -- \
         -max_total_time="$raw" -dict=tokenizer.dict -max_len=4096 -rss_limit_mb=4096 -timeout=60 -print_final_stats=1

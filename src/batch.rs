@@ -40,6 +40,20 @@ impl RowIds<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == Some(0)
     }
+
+    /// Copies the values into `out` (nothing for [`RowIds::InPlace`]); `out` has the
+    /// source's length.
+    pub fn copy_into(&self, out: &mut [i64]) {
+        match self {
+            RowIds::InPlace => {}
+            RowIds::I64(s) => out.copy_from_slice(s),
+            RowIds::I32(s) => {
+                for (d, &v) in out.iter_mut().zip(s.iter()) {
+                    *d = i64::from(v);
+                }
+            }
+        }
+    }
 }
 
 /// The output arrays of one collation, row-major.
@@ -101,7 +115,7 @@ impl Batch {
         };
         match layout {
             Layout::Padded { left, multiple_of } => {
-                let too_large = || Error::InvalidArgument("the padded batch is too large to allocate".into());
+                let too_large = || Error::Allocation("the padded batch: it is too large".into());
                 let width = match multiple_of {
                     Some(0) => return Err(Error::InvalidArgument("pad_to_multiple_of must be positive".into())),
                     Some(m) => longest.div_ceil(m).checked_mul(m).ok_or_else(too_large)?,
@@ -184,6 +198,32 @@ impl Batch {
         &mut self.input_ids[range]
     }
 
+    /// Row `r`'s slots in `labels`, for a caller that writes given labels itself.
+    pub fn row_labels_mut(&mut self, r: usize) -> &mut [i64] {
+        let range = self.row_range(r);
+        &mut self.labels[range]
+    }
+
+    /// Sets the labels of row `r`'s padding (padded layout; nothing in a flat one).
+    pub fn fill_padding_labels(&mut self, r: usize, value: i64) {
+        if let Layout::Padded { .. } = self.layout {
+            let tokens = self.row_range(r);
+            let row = r * self.width..(r + 1) * self.width;
+            self.labels[row.start..tokens.start].fill(value);
+            self.labels[tokens.end..row.end].fill(value);
+        }
+    }
+
+    /// A buffer shaped like `input_ids`, filled with `pad`, for a per-token column passed
+    /// through with the batch (`token_type_ids`); rows go at [`Batch::row_range`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the allocation is refused.
+    pub fn column(&self, pad: i64) -> Result<Vec<i64>> {
+        let (rows, cols) = self.shape();
+        filled(rows * cols, pad)
+    }
+
     /// Disjoint mutable views of every row, for filling rows in parallel.
     pub(crate) fn rows_mut(&mut self) -> Vec<RowMut<'_>> {
         let ids = split_rows(&mut self.input_ids, &self.offsets, &self.lengths);
@@ -217,7 +257,7 @@ impl Batch {
 fn filled(n: usize, value: i64) -> Result<Vec<i64>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n)
-        .map_err(|_| Error::InvalidArgument(format!("cannot allocate a padded batch of {n} tokens")))?;
+        .map_err(|_| Error::Allocation(format!("a padded batch of {n} tokens")))?;
     v.resize(n, value);
     Ok(v)
 }

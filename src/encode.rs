@@ -2,12 +2,13 @@
 //! batch: text -> token ids (the `tokenizers` crate over the same tokenizer.json) -> optional
 //! truncation -> labels by the [`Masker`]'s rule, rows in parallel on the fork-safe [`pool`].
 
-use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
-use crate::masker::Masker;
+use crate::labels::RowStats;
+use crate::masker::{LabelSource, Masker};
 use crate::pool;
+use crate::stats::Stats;
 
 /// How texts become token ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,21 +29,15 @@ impl Default for EncodeOptions {
     }
 }
 
-/// The rows of a preprocessed batch and their totals.
+/// The rows of a preprocessed batch and their stats.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Encoded {
     /// Token ids of each row.
     pub input_ids: Vec<Vec<u32>>,
     /// Labels of each row: the id where trained, `ignore_index` elsewhere.
     pub labels: Vec<Vec<i64>>,
-    /// Tokens in all rows.
-    pub tokens: u64,
-    /// Trained tokens in all rows.
-    pub trained: u64,
-    /// Trained tokens that straddle a template boundary.
-    pub straddling: u64,
-    /// Rows with no response template (all their labels are `ignore_index`).
-    pub missing_rows: Vec<usize>,
+    /// What the call did (rows without a template, truncated rows, …).
+    pub stats: Stats,
 }
 
 /// Tokenizes `texts` and masks each row with `masker`, using up to `threads` threads.
@@ -64,11 +59,13 @@ pub struct Encoded {
 /// let out = tokenize_and_mask(&tokenizer, &masker, &["Q:xA:x"], EncodeOptions::default(), 1).unwrap();
 /// assert_eq!(out.input_ids, vec![vec![0, 2, 3, 1, 2, 3]]);
 /// assert_eq!(out.labels, vec![vec![-100, -100, -100, -100, -100, 3]]);
+/// assert_eq!(out.stats.trained_tokens, 1);
 /// ```
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] naming the first row the tokenizer fails on; the masker's errors
-/// (an id the byte table does not know: the tokenizer and the table disagree).
+/// [`Error::Row`] naming the first row the tokenizer fails on; the masker's errors (an id the
+/// byte table does not know: the tokenizer and the table disagree), with the row;
+/// [`Error::InvalidArgument`] for a masker that takes given labels.
 pub fn tokenize_and_mask<S: AsRef<str> + Sync>(
     tokenizer: &Tokenizer,
     masker: &Masker,
@@ -76,55 +73,45 @@ pub fn tokenize_and_mask<S: AsRef<str> + Sync>(
     options: EncodeOptions,
     threads: usize,
 ) -> Result<Encoded> {
-    let row = |(r, text): (usize, &S)| -> Result<(Vec<u32>, Vec<i64>, crate::labels::RowStats)> {
+    if !matches!(masker.source(), LabelSource::Exact { .. }) {
+        return Err(Error::InvalidArgument(
+            "tokenize_and_mask takes an exact masker (compat='exact', labels='mask')".into(),
+        ));
+    }
+    let row = |(): &mut (), (r, text): (usize, &S)| -> Result<(Vec<u32>, Vec<i64>, RowStats)> {
         let encoding = tokenizer
             .encode(text.as_ref(), options.add_special_tokens)
-            .map_err(|e| Error::InvalidArgument(format!("row {r}: the tokenizer failed: {e}")))?;
+            .map_err(|e| Error::Row {
+                row: r,
+                reason: format!("the tokenizer failed: {e}"),
+            })?;
         let mut ids = encoding.get_ids().to_vec();
+        let truncated = options.max_length.is_some_and(|n| ids.len() > n);
         if let Some(n) = options.max_length {
             ids.truncate(n);
         }
         let wide: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-        let seen = masker.inspect(&wide).map_err(|e| match e {
-            Error::IdOutOfVocab {
-                position,
-                id,
-                vocab_size,
-                ..
-            } => Error::IdOutOfVocab {
-                row: r,
-                position,
-                id,
-                vocab_size,
-            },
-            other => other,
-        })?;
-        Ok((ids, seen.labels, seen.stats))
+        let seen = masker.inspect(&wide).map_err(|e| e.at_row(r))?;
+        let stats = RowStats {
+            truncated,
+            ..seen.stats
+        };
+        Ok((ids, seen.labels, stats))
     };
     // Tokenizing costs far more than waking the pool, so two rows are enough to go parallel.
-    let rows: Vec<Result<_>> = match (threads > 1 && texts.len() > 1)
-        .then(|| pool::try_get(threads))
-        .flatten()
-    {
-        Some(pool) => pool.install(|| texts.par_iter().enumerate().map(row).collect()),
-        None => texts.iter().enumerate().map(row).collect(),
-    };
+    let rows = pool::map_rows(texts.iter().collect(), threads, true, || (), row);
     let mut out = Encoded {
         input_ids: Vec::with_capacity(texts.len()),
         labels: Vec::with_capacity(texts.len()),
-        ..Encoded::default()
+        stats: Stats::default(),
     };
     for (r, result) in rows.into_iter().enumerate() {
         let (ids, labels, stats) = result?;
-        out.tokens += stats.tokens;
-        out.trained += stats.trained;
-        out.straddling += stats.straddling;
-        if !stats.found {
-            out.missing_rows.push(r);
-        }
+        out.stats.add_row(r, &stats, false);
         out.input_ids.push(ids);
         out.labels.push(labels);
     }
+    masker.check_missing(&out.stats)?;
     Ok(out)
 }
 
@@ -166,7 +153,10 @@ mod tests {
         let serial = tokenize_and_mask(&tok, &masker, &texts, EncodeOptions::default(), 1).unwrap();
         let parallel = tokenize_and_mask(&tok, &masker, &texts, EncodeOptions::default(), 4).unwrap();
         assert_eq!(serial, parallel);
-        assert_eq!(serial.missing_rows, (0..64).filter(|i| i % 5 == 0).collect::<Vec<_>>());
+        assert_eq!(
+            serial.stats.missing_rows,
+            (0..64).filter(|i| i % 5 == 0).collect::<Vec<_>>()
+        );
         // "U: xA: yU: xA: y": each byte a token; each answer " y" is trained, templates and
         // questions are not.
         let turn = [0, 2, 3, 4, 1, 2, 3, 5];
@@ -184,8 +174,9 @@ mod tests {
         };
         let out = tokenize_and_mask(&tok, &masker, &["U: xA: y"], opts, 1).unwrap();
         assert_eq!(out.input_ids, vec![vec![0, 2, 3, 4]]);
-        assert_eq!(out.missing_rows, vec![0]);
-        assert_eq!(out.tokens, 4);
+        assert_eq!(out.stats.missing_rows, vec![0]);
+        assert_eq!(out.stats.tokens, 4);
+        assert_eq!(out.stats.rows_truncated, 1);
     }
 
     #[test]

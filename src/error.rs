@@ -1,11 +1,18 @@
-//! The one error type of the core. The Python binding maps each variant to an exception
-//! (`src/python.rs`); nothing here knows about Python.
+//! The one error type of the core. The Python binding maps each variant to an exception of
+//! `sftmask`'s tree (`src/python/errors.rs`); nothing here knows about Python.
+//!
+//! Errors about one example carry its row (and position, where there is one) as fields, so a
+//! caller that feeds a dataset in chunks can re-base the row ([`Error::offset_row`]) instead of
+//! rewriting a message.
 
 /// Everything that can go wrong in the core.
 ///
 /// ```
 /// let e = sftmask::Error::EmptyBatch;
 /// assert_eq!(e.to_string(), "the batch is empty: pass at least one example");
+/// let e = sftmask::Error::NegativeId { row: 2, position: 5, id: -1 };
+/// assert_eq!((e.row(), e.position()), (Some(2), Some(5)));
+/// assert_eq!(e.offset_row(10).to_string(), "row 12: token id -1 at position 5 is negative");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -40,6 +47,36 @@ pub enum Error {
         id: i64,
         vocab_size: usize,
     },
+    /// A given label (`labels="keep"`) is neither `ignore_index` nor a token id: it would fail
+    /// much later, inside the loss.
+    #[error(
+        "row {row}: label {label} at position {position} is neither ignore_index ({ignore_index}) \
+         nor a token id (vocabulary size {vocab_size})"
+    )]
+    LabelOutOfRange {
+        row: usize,
+        position: usize,
+        label: i64,
+        ignore_index: i64,
+        vocab_size: usize,
+    },
+    /// A row with no response template while `on_missing="error"`.
+    #[error(
+        "row {row}: response template {template} not found ({missing} of {rows} rows in this batch lack it); \
+         check the template, or whether truncation (max_length) cut it off"
+    )]
+    MissingTemplate {
+        row: usize,
+        template: String,
+        missing: usize,
+        rows: usize,
+    },
+    /// Any other problem with one example (lengths that disagree, a text the tokenizer rejects).
+    #[error("row {row}: {reason}")]
+    Row { row: usize, reason: String },
+    /// The system refused an allocation (a huge `pad_to_multiple_of`): an error, never an abort.
+    #[error("cannot allocate {0}")]
+    Allocation(String),
     /// `collate` was called with no examples.
     #[error("the batch is empty: pass at least one example")]
     EmptyBatch,
@@ -48,5 +85,97 @@ pub enum Error {
     InvalidArgument(String),
 }
 
+impl Error {
+    /// The row (index within the call) the error is about, if it is about one.
+    pub fn row(&self) -> Option<usize> {
+        match self {
+            Error::NegativeId { row, .. }
+            | Error::IdOutOfVocab { row, .. }
+            | Error::LabelOutOfRange { row, .. }
+            | Error::MissingTemplate { row, .. }
+            | Error::Row { row, .. } => Some(*row),
+            _ => None,
+        }
+    }
+
+    /// The token position within the row, where the error names one.
+    pub fn position(&self) -> Option<usize> {
+        match self {
+            Error::NegativeId { position, .. }
+            | Error::IdOutOfVocab { position, .. }
+            | Error::LabelOutOfRange { position, .. } => Some(*position),
+            _ => None,
+        }
+    }
+
+    /// The message without its `row N: ` prefix (the whole message for errors without a row).
+    pub fn reason(&self) -> String {
+        let text = self.to_string();
+        match self.row() {
+            Some(row) => text
+                .strip_prefix(&format!("row {row}: "))
+                .map_or_else(|| text.clone(), str::to_owned),
+            None => text,
+        }
+    }
+
+    /// The same error with its row moved by `offset` (rows counted from a chunk's start become
+    /// rows of the whole input).
+    #[must_use]
+    pub fn offset_row(mut self, offset: usize) -> Self {
+        match &mut self {
+            Error::NegativeId { row, .. }
+            | Error::IdOutOfVocab { row, .. }
+            | Error::LabelOutOfRange { row, .. }
+            | Error::MissingTemplate { row, .. }
+            | Error::Row { row, .. } => *row += offset,
+            _ => {}
+        }
+        self
+    }
+
+    /// The same error naming row `row` (for a sequence checked on its own as row 0).
+    #[must_use]
+    pub fn at_row(self, row: usize) -> Self {
+        match self.row() {
+            Some(r) => self.offset_row(row.wrapping_sub(r)),
+            None => self,
+        }
+    }
+}
+
 /// `Result` with the core's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A text as Python's `repr` shows it, for messages that quote a template the user wrote in
+/// Python (`'<|im_start|>assistant\n'`).
+///
+/// ```
+/// assert_eq!(sftmask::error::py_repr("A:\n"), r"'A:\n'");
+/// assert_eq!(sftmask::error::py_repr("it's"), r#""it's""#);
+/// ```
+pub fn py_repr(text: &str) -> String {
+    let quote = if text.contains('\'') && !text.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push(quote);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}

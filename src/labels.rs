@@ -19,6 +19,10 @@ pub struct RowStats {
     pub instruction_found: bool,
     /// Whether the first token is trained (a padding-free batch masks it afterwards).
     pub first_trained: bool,
+    /// Whether `max_length` cut the row (preprocessing only).
+    pub truncated: bool,
+    /// `compat="trl"`: TRL's masking reaches into this row's padding on (left, right).
+    pub masks_padding: (bool, bool),
 }
 
 /// Writes the labels of one example: `ids[i]` where token `i` is trained, `ignore_index`

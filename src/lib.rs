@@ -9,8 +9,8 @@
 //! output buffers), driven row by row by [`masker`] on a fork-safe pool ([`pool`]). [`trl`] holds
 //! TRL 0.19.1's token-level rule for `compat="trl"`. [`encode`] tokenizes and masks in one pass
 //! (the preprocessing API).
-//! The optional `python` feature adds the PyO3 binding (`src/python.rs`), the only module that
-//! knows about Python.
+//! The optional `python` feature adds the PyO3 binding (`src/python/`, one file per Python
+//! type), the only code that knows about Python.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -30,23 +30,25 @@ pub mod encode;
 pub mod error;
 pub mod labels;
 pub mod masker;
+pub mod options;
 pub mod pool;
 pub mod regions;
 pub mod search;
+pub mod stats;
 pub mod text;
 pub mod trl;
 pub mod vocab;
 
 #[cfg(feature = "python")]
 mod python;
-#[cfg(feature = "python")]
-mod python_chat;
 
 pub use batch::{Batch, Layout, RowIds};
 pub use error::{Error, Result};
 pub use labels::{fill_labels, RowStats};
-pub use masker::{BatchStats, Inspection, Masker, Template};
+pub use masker::{Inspection, LabelSource, Masker, Template};
+pub use options::{OnMissing, Padding, PaddingSide};
 pub use regions::{regions, Region, TrainOn};
 pub use search::{Occurrence, Templates};
+pub use stats::Stats;
 pub use text::SearchText;
 pub use vocab::{Decoding, PhantomScheme, Vocab};

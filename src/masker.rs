@@ -1,16 +1,18 @@
-//! The pipeline for a batch: ids -> searchable text -> template occurrences -> regions -> labels,
-//! one row at a time, rows in parallel when the batch is big enough to pay for it.
+//! The masking engine: one entry point ([`Masker::collate`]) for every label source — templates
+//! found in the text (exact), TRL 0.19.1's token matching (`compat="trl"`), or labels the
+//! caller gives (`labels="keep"`). Per row: ids -> searchable text -> template occurrences ->
+//! regions -> labels; rows in parallel when the batch is big enough to pay for it.
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
-use crate::batch::{Batch, Layout, RowIds};
-use crate::error::{Error, Result};
+use crate::batch::{Batch, Layout, RowIds, RowMut};
+use crate::error::{py_repr, Error, Result};
 use crate::labels::{fill_labels, RowStats};
+use crate::options::OnMissing;
 use crate::pool;
 use crate::regions::{regions, Region, TrainOn};
 use crate::search::{Occurrence, Templates};
+use crate::stats::Stats;
 use crate::text::SearchText;
 use crate::trl;
 use crate::vocab::Vocab;
@@ -26,23 +28,6 @@ pub enum Template {
     Text(String),
     /// Token ids, read through the byte table as if they began a sequence.
     Ids(Vec<i64>),
-}
-
-/// Totals over one batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BatchStats {
-    /// Examples in the batch.
-    pub rows: u64,
-    /// Tokens (padding excluded).
-    pub tokens: u64,
-    /// Trained tokens.
-    pub trained: u64,
-    /// Trained tokens that straddle a template boundary.
-    pub straddling: u64,
-    /// Rows in which no response template was found (all their labels are `ignore_index`).
-    pub missing_rows: Vec<usize>,
-    /// `compat="trl"` only: rows in which the instruction template was not found.
-    pub missing_instruction_rows: Vec<usize>,
 }
 
 /// Everything about one example, for rendering and tests.
@@ -70,7 +55,31 @@ struct Scratch {
     regions: Vec<Region>,
 }
 
-/// The masking configuration for one tokenizer: byte table, templates and options.
+/// Where the labels come from.
+#[derive(Debug, Clone)]
+pub enum LabelSource {
+    /// Templates found by byte search in the example's text (the default, exact rule).
+    Exact {
+        /// The response and instruction templates, as bytes of the searchable text.
+        templates: Box<Templates>,
+        /// Which response regions are trained.
+        train_on: TrainOn,
+    },
+    /// TRL 0.19.1's token-level rule (`compat="trl"`).
+    Trl {
+        /// The response template's ids (TRL tokenizes a string template alone).
+        response: Vec<i64>,
+        /// The instruction template's ids, if any.
+        instruction: Option<Vec<i64>>,
+        /// TRL masks every label equal to the pad id.
+        pad_token_id: Option<i64>,
+    },
+    /// Labels given with each example (`labels="keep"`): checked, padded or flattened, nothing
+    /// searched.
+    Given,
+}
+
+/// The masking engine for one tokenizer: byte table, label source and options.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -81,34 +90,23 @@ struct Scratch {
 /// let masker = Masker::new(vocab, &Template::Text(" A:".into()), &[], -100, TrainOn::All).unwrap();
 /// let rows = [RowIds::I64(&[0, 1, 2]), RowIds::I64(&[0, 2])];
 /// let mut batch = Batch::new(vec![3, 2], Layout::Padded { left: false, multiple_of: None }, 3, -100).unwrap();
-/// let stats = masker.collate(&mut batch, &rows, 1).unwrap();
+/// let stats = masker.collate(&mut batch, &rows, &[], 1).unwrap();
 /// assert_eq!(batch.labels, vec![-100, -100, 2, -100, -100, -100]);
 /// assert_eq!(stats.missing_rows, vec![1]);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Masker {
     vocab: Arc<Vocab>,
-    mode: Mode,
+    source: LabelSource,
     ignore_index: i64,
-}
-
-/// How templates are found: in the text (exact) or as token ids (TRL 0.19.1).
-#[derive(Debug, Clone)]
-enum Mode {
-    Exact {
-        templates: Box<Templates>,
-        train_on: TrainOn,
-    },
-    Trl {
-        response: Vec<i64>,
-        instruction: Option<Vec<i64>>,
-        pad_token_id: Option<i64>,
-    },
+    on_missing: OnMissing,
+    /// The response template as the user wrote it, for messages.
+    shown: String,
 }
 
 impl Masker {
-    /// Builds a masker; string templates are normalized like the tokenizer's text, id templates
-    /// are read through the byte table.
+    /// Builds an exact masker; string templates are normalized like the tokenizer's text, id
+    /// templates are read through the byte table.
     ///
     /// # Errors
     /// [`Error::EmptyTemplate`] for a template that stands for no text,
@@ -120,19 +118,21 @@ impl Masker {
         ignore_index: i64,
         train_on: TrainOn,
     ) -> Result<Self> {
-        let response = template_bytes(&vocab, response, "response")?;
+        let response_bytes = template_bytes(&vocab, response, "response")?;
         let instructions = instructions
             .iter()
             .map(|t| template_bytes(&vocab, t, "instruction"))
             .collect::<Result<Vec<_>>>()?;
-        let templates = Templates::new(response, instructions)?;
+        let templates = Templates::new(response_bytes, instructions)?;
         Ok(Masker {
             vocab,
-            mode: Mode::Exact {
+            source: LabelSource::Exact {
                 templates: Box::new(templates),
                 train_on,
             },
             ignore_index,
+            on_missing: OnMissing::Warn,
+            shown: shown(response),
         })
     }
 
@@ -180,45 +180,86 @@ impl Masker {
             check(ins, "instruction")?;
         }
         Ok(Masker {
+            shown: format!("{response:?}"),
             vocab,
-            mode: Mode::Trl {
+            source: LabelSource::Trl {
                 response,
                 instruction,
                 pad_token_id,
             },
             ignore_index,
+            on_missing: OnMissing::Warn,
         })
+    }
+
+    /// Builds a masker that keeps the labels given with each example (`labels="keep"`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sftmask::{Batch, Layout, Masker, RowIds, Vocab};
+    /// let json = r#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2}, "merges": []},
+    ///                "decoder": {"type": "ByteLevel"}}"#;
+    /// let masker = Masker::given(Arc::new(Vocab::from_json(json).unwrap()), -100);
+    /// let mut batch = Batch::new(vec![3, 2], Layout::Flat, 0, -100).unwrap();
+    /// let ids = [RowIds::I64(&[0, 1, 2]), RowIds::I64(&[2, 1])];
+    /// let labels = [RowIds::I64(&[-100, 1, 2]), RowIds::I64(&[2, 1])];
+    /// masker.collate(&mut batch, &ids, &labels, 1).unwrap();
+    /// // The first label of every flattened sequence is masked.
+    /// assert_eq!(batch.labels, vec![-100, 1, 2, -100, 1]);
+    /// ```
+    pub fn given(vocab: Arc<Vocab>, ignore_index: i64) -> Self {
+        Masker {
+            vocab,
+            source: LabelSource::Given,
+            ignore_index,
+            on_missing: OnMissing::Warn,
+            shown: String::new(),
+        }
+    }
+
+    /// The same masker with another [`OnMissing`] policy.
+    #[must_use]
+    pub fn with_on_missing(mut self, on_missing: OnMissing) -> Self {
+        self.on_missing = on_missing;
+        self
+    }
+
+    /// Where the labels come from.
+    pub fn source(&self) -> &LabelSource {
+        &self.source
     }
 
     /// `true` for a `compat="trl"` masker.
     pub fn is_trl(&self) -> bool {
-        matches!(self.mode, Mode::Trl { .. })
+        matches!(self.source, LabelSource::Trl { .. })
     }
 
     /// The label of padding positions: `ignore_index`, or -100 under TRL (its parent collator
     /// hard-codes it).
     pub fn padding_label(&self) -> i64 {
-        match self.mode {
-            Mode::Exact { .. } => self.ignore_index,
-            Mode::Trl { .. } => -100,
+        match self.source {
+            LabelSource::Trl { .. } => -100,
+            _ => self.ignore_index,
         }
     }
 
-    /// The response template and the instruction templates, as bytes of the searchable text.
+    /// The response template and the instruction templates, as bytes of the searchable text
+    /// (none for [`LabelSource::Given`]).
     pub fn template_texts(&self) -> (Vec<u8>, Vec<Vec<u8>>) {
-        match &self.mode {
-            Mode::Exact { templates, .. } => (templates.response().to_vec(), templates.instructions().to_vec()),
-            Mode::Trl {
+        match &self.source {
+            LabelSource::Exact { templates, .. } => (templates.response().to_vec(), templates.instructions().to_vec()),
+            LabelSource::Trl {
                 response, instruction, ..
             } => {
                 let bytes = |ids: &[i64]| {
                     let mut t = SearchText::default();
-                    t.build(&self.vocab, ids, 0)
-                        .map(|()| t.bytes().to_vec())
-                        .unwrap_or_default()
+                    // The ids were checked against the table when the masker was built.
+                    t.build(&self.vocab, ids, 0).map(|()| t.bytes().to_vec())
                 };
-                (bytes(response), instruction.iter().map(|i| bytes(i)).collect())
+                let response = bytes(response).unwrap_or_default();
+                (response, instruction.iter().filter_map(|i| bytes(i).ok()).collect())
             }
+            LabelSource::Given => (Vec::new(), Vec::new()),
         }
     }
 
@@ -232,11 +273,17 @@ impl Masker {
         self.ignore_index
     }
 
+    /// The policy for rows without a response template.
+    pub fn on_missing(&self) -> OnMissing {
+        self.on_missing
+    }
+
+    /// Labels of one row whose ids are in `ids`; `labels` holds the given labels for
+    /// [`LabelSource::Given`] and is overwritten otherwise.
     fn mask_row(&self, ids: &[i64], labels: &mut [i64], scratch: &mut Scratch, row: usize) -> Result<RowStats> {
-        // Both modes validate the ids through the table (the text also feeds `inspect`).
-        scratch.text.build(&self.vocab, ids, row)?;
-        match &self.mode {
-            Mode::Exact { templates, train_on } => {
+        match &self.source {
+            LabelSource::Exact { templates, train_on } => {
+                scratch.text.build(&self.vocab, ids, row)?;
                 let text = scratch.text.bytes();
                 templates.find(text, &mut scratch.occurrences);
                 regions(
@@ -251,11 +298,13 @@ impl Masker {
                 stats.instruction_found = true;
                 Ok(stats)
             }
-            Mode::Trl {
+            LabelSource::Trl {
                 response,
                 instruction,
                 pad_token_id,
             } => {
+                // The text is not searched, but building it validates the ids (and feeds `inspect`).
+                scratch.text.build(&self.vocab, ids, row)?;
                 scratch.occurrences.clear();
                 scratch.regions.clear();
                 let out = trl::mask_row(
@@ -266,13 +315,55 @@ impl Masker {
                     *pad_token_id,
                     self.ignore_index,
                 );
+                let trained = |l: i64| l != self.ignore_index && l != -100;
                 Ok(RowStats {
                     tokens: ids.len() as u64,
-                    trained: labels.iter().filter(|&&l| l != self.ignore_index && l != -100).count() as u64,
-                    straddling: 0,
+                    trained: labels.iter().filter(|&&l| trained(l)).count() as u64,
                     found: out.response_found,
                     instruction_found: out.instruction_found,
-                    first_trained: labels.first().is_some_and(|&l| l != self.ignore_index && l != -100),
+                    first_trained: labels.first().is_some_and(|&l| trained(l)),
+                    masks_padding: (out.masks_left_padding, out.masks_right_padding),
+                    ..RowStats::default()
+                })
+            }
+            LabelSource::Given => {
+                let size = self.vocab.len();
+                for (position, &id) in ids.iter().enumerate() {
+                    if id < 0 {
+                        return Err(Error::NegativeId { row, position, id });
+                    }
+                    if id as u64 >= size as u64 {
+                        return Err(Error::IdOutOfVocab {
+                            row,
+                            position,
+                            id,
+                            vocab_size: size,
+                        });
+                    }
+                }
+                let mut trained = 0u64;
+                for (position, &label) in labels.iter().enumerate() {
+                    if label == self.ignore_index {
+                        continue;
+                    }
+                    if label < 0 || label as u64 >= size as u64 {
+                        return Err(Error::LabelOutOfRange {
+                            row,
+                            position,
+                            label,
+                            ignore_index: self.ignore_index,
+                            vocab_size: size,
+                        });
+                    }
+                    trained += 1;
+                }
+                Ok(RowStats {
+                    tokens: ids.len() as u64,
+                    trained,
+                    found: true, // set from the trained count by `collate`
+                    instruction_found: true,
+                    first_trained: labels.first().is_some_and(|&l| l != self.ignore_index),
+                    ..RowStats::default()
                 })
             }
         }
@@ -281,8 +372,14 @@ impl Masker {
     /// Masks one example and returns everything that went into it.
     ///
     /// # Errors
-    /// As [`SearchText::build`].
+    /// As [`SearchText::build`]; [`Error::InvalidArgument`] for [`LabelSource::Given`], which
+    /// computes no labels.
     pub fn inspect(&self, ids: &[i64]) -> Result<Inspection> {
+        if matches!(self.source, LabelSource::Given) {
+            return Err(Error::InvalidArgument(
+                "labels='keep' computes no labels: there is nothing to inspect".into(),
+            ));
+        }
         let mut scratch = Scratch::default();
         let mut labels = vec![self.ignore_index; ids.len()];
         let stats = self.mask_row(ids, &mut labels, &mut scratch, 0)?;
@@ -296,94 +393,139 @@ impl Masker {
         })
     }
 
-    /// Fills `batch` (allocated for these rows' lengths) in place: copies ids from `sources`
-    /// that are not already in place, writes labels, attention mask / positions. Uses up to
+    /// Fills `batch` (allocated for these rows' lengths) in place: copies ids from `ids` (and,
+    /// for [`LabelSource::Given`], labels from `labels`) that are not already in place, writes
+    /// labels, attention mask / positions, and applies the [`OnMissing`] policy. Uses up to
     /// `threads` threads when the batch holds at least [`PARALLEL_MIN_TOKENS`] tokens.
     ///
     /// # Errors
-    /// The first bad row's error (rows in order), or [`Error::InvalidArgument`] when `sources`
-    /// does not match the batch.
-    pub fn collate(&self, batch: &mut Batch, sources: &[RowIds<'_>], threads: usize) -> Result<BatchStats> {
-        if sources.len() != batch.rows() {
+    /// The first bad row's error (rows in order); [`Error::MissingTemplate`] under
+    /// [`OnMissing::Error`]; [`Error::InvalidArgument`] when the sources do not match the batch.
+    pub fn collate(
+        &self,
+        batch: &mut Batch,
+        ids: &[RowIds<'_>],
+        labels: &[RowIds<'_>],
+        threads: usize,
+    ) -> Result<Stats> {
+        let given = matches!(self.source, LabelSource::Given);
+        if ids.len() != batch.rows() || labels.len() != if given { batch.rows() } else { 0 } {
             return Err(Error::InvalidArgument(format!(
-                "{} row sources for a batch of {} rows",
-                sources.len(),
+                "{} id sources and {} label sources for a batch of {} rows",
+                ids.len(),
+                labels.len(),
                 batch.rows()
             )));
         }
-        for (r, (src, &len)) in sources.iter().zip(batch.lengths()).enumerate() {
-            if src.len().is_some_and(|n| n != len) {
+        for (r, &len) in batch.lengths().iter().enumerate() {
+            let mismatch = |src: Option<&RowIds<'_>>| src.and_then(RowIds::len).is_some_and(|n| n != len);
+            if mismatch(ids.get(r)) {
                 return Err(Error::InvalidArgument(format!(
                     "row {r}: source length does not match the batch"
                 )));
             }
+            if let Some(n) = labels.get(r).and_then(RowIds::len).filter(|&n| n != len) {
+                return Err(Error::Row {
+                    row: r,
+                    reason: format!("{n} labels for {len} input_ids"),
+                });
+            }
         }
         let flat = matches!(batch.layout(), Layout::Flat);
-        let parallel = threads > 1 && batch.rows() > 1 && batch.tokens() >= PARALLEL_MIN_TOKENS;
-        let rows = batch.rows_mut();
-        let work = |scratch: &mut Scratch, (r, (row, src)): (usize, (crate::batch::RowMut<'_>, &RowIds<'_>))| {
-            match src {
-                RowIds::InPlace => {}
-                RowIds::I64(s) => row.ids.copy_from_slice(s),
-                RowIds::I32(s) => {
-                    for (d, &v) in row.ids.iter_mut().zip(s.iter()) {
-                        *d = i64::from(v);
-                    }
-                }
-            }
-            let stats = self.mask_row(row.ids, row.labels, scratch, r)?;
-            if let Some(att) = row.attention {
-                att.fill(1);
-            }
-            if let Some(pos) = row.positions {
-                for (i, p) in pos.iter_mut().enumerate() {
-                    *p = i as i64;
-                }
-            }
-            if flat {
-                if let Some(first) = row.labels.first_mut() {
-                    // The first token of a packed sequence has no previous token in its own
-                    // sequence to be predicted from.
-                    *first = self.ignore_index;
-                }
-            }
-            Ok::<RowStats, Error>(stats)
-        };
-        let results: Vec<Result<RowStats>> = match parallel.then(|| pool::try_get(threads)).flatten() {
-            Some(pool) => pool.install(|| {
-                rows.into_par_iter()
-                    .zip(sources.par_iter())
-                    .enumerate()
-                    .map_init(Scratch::default, work)
-                    .collect()
-            }),
-            None => {
-                let mut scratch = Scratch::default();
-                rows.into_iter()
-                    .zip(sources.iter())
-                    .enumerate()
-                    .map(|item| work(&mut scratch, item))
-                    .collect()
-            }
-        };
-        let mut stats = BatchStats {
-            rows: batch.rows() as u64,
-            ..BatchStats::default()
-        };
+        let parallel = batch.rows() > 1 && batch.tokens() >= PARALLEL_MIN_TOKENS;
+        let no_labels = RowIds::InPlace;
+        let items: Vec<_> = batch
+            .rows_mut()
+            .into_iter()
+            .zip(ids)
+            .enumerate()
+            .map(|(r, (row, src))| (row, src, labels.get(r).unwrap_or(&no_labels)))
+            .collect();
+        let results = pool::map_rows(items, threads, parallel, Scratch::default, |scratch, (r, item)| {
+            self.fill_row(item, scratch, r, flat)
+        });
+        let mut stats = Stats::default();
+        let left = matches!(batch.layout(), Layout::Padded { left: true, .. });
         for (r, res) in results.into_iter().enumerate() {
-            let s = res?;
-            stats.tokens += s.tokens;
-            // A padding-free batch masks each row's first label after the row was counted.
-            stats.trained += s.trained - u64::from(flat && s.first_trained);
-            stats.straddling += s.straddling;
-            if !s.found {
-                stats.missing_rows.push(r);
+            let mut s = res?;
+            if given {
+                s.found = s.trained > u64::from(flat && s.first_trained);
             }
-            if !s.instruction_found {
-                stats.missing_instruction_rows.push(r);
+            if !flat && (if left { s.masks_padding.0 } else { s.masks_padding.1 }) {
+                // TRL masks the padded row: where its range covers the padding, the padding's
+                // label is ignore_index rather than the parent's -100.
+                batch.fill_padding_labels(r, self.ignore_index);
+            }
+            stats.add_row(r, &s, flat);
+        }
+        self.check_missing(&stats)?;
+        Ok(stats)
+    }
+
+    /// One row of [`Masker::collate`].
+    fn fill_row(
+        &self,
+        (row, ids, labels): (RowMut<'_>, &RowIds<'_>, &RowIds<'_>),
+        scratch: &mut Scratch,
+        r: usize,
+        flat: bool,
+    ) -> Result<RowStats> {
+        ids.copy_into(row.ids);
+        labels.copy_into(row.labels);
+        let stats = self.mask_row(row.ids, row.labels, scratch, r)?;
+        if let Some(att) = row.attention {
+            att.fill(1);
+        }
+        if let Some(pos) = row.positions {
+            for (i, p) in pos.iter_mut().enumerate() {
+                *p = i as i64;
+            }
+        }
+        if flat {
+            if let Some(first) = row.labels.first_mut() {
+                // The first token of a packed sequence has no previous token in its own
+                // sequence to be predicted from.
+                *first = self.ignore_index;
             }
         }
         Ok(stats)
+    }
+
+    /// [`OnMissing::Error`]: fails on the first row without a template (never for given labels).
+    pub(crate) fn check_missing(&self, stats: &Stats) -> Result<()> {
+        if self.on_missing != OnMissing::Error {
+            return Ok(());
+        }
+        match &self.source {
+            LabelSource::Exact { .. } => match stats.missing_rows.first() {
+                Some(&row) => Err(Error::MissingTemplate {
+                    row,
+                    template: self.shown.clone(),
+                    missing: stats.missing_rows.len(),
+                    rows: stats.rows as usize,
+                }),
+                None => Ok(()),
+            },
+            LabelSource::Trl { .. } => {
+                let first = stats.missing_rows.iter().chain(&stats.missing_instruction_rows).min();
+                match first {
+                    Some(&row) => Err(Error::Row {
+                        row,
+                        reason: "template not found (compat='trl')".into(),
+                    }),
+                    None => Ok(()),
+                }
+            }
+            LabelSource::Given => Ok(()),
+        }
+    }
+}
+
+/// A template as messages show it: Python's repr of a string, a list of ids as is.
+fn shown(template: &Template) -> String {
+    match template {
+        Template::Text(s) => py_repr(s),
+        Template::Ids(ids) => format!("{ids:?}"),
     }
 }
 

@@ -81,3 +81,35 @@ pub fn try_get(threads: usize) -> Option<Arc<ThreadPool>> {
     });
     Some(pool)
 }
+
+/// Runs `work` on every item with per-worker scratch state from `init`, on up to `threads`
+/// threads when `parallel` is set (and threads can be had), else on the calling thread; results
+/// come back in item order. The one row dispatch of collation and preprocessing.
+///
+/// ```
+/// let squares = sftmask::pool::map_rows(vec![1u64, 2, 3], 2, true, || 0u64, |_scratch, (_i, x)| x * x);
+/// assert_eq!(squares, vec![1, 4, 9]);
+/// ```
+pub fn map_rows<T: Send, S, R: Send>(
+    items: Vec<T>,
+    threads: usize,
+    parallel: bool,
+    init: impl Fn() -> S + Sync + Send,
+    work: impl Fn(&mut S, (usize, T)) -> R + Sync + Send,
+) -> Vec<R> {
+    use rayon::prelude::*;
+    match (parallel && threads > 1 && items.len() > 1)
+        .then(|| try_get(threads))
+        .flatten()
+    {
+        Some(pool) => pool.install(|| items.into_par_iter().enumerate().map_init(init, work).collect()),
+        None => {
+            let mut scratch = init();
+            items
+                .into_iter()
+                .enumerate()
+                .map(|item| work(&mut scratch, item))
+                .collect()
+        }
+    }
+}

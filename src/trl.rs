@@ -14,7 +14,9 @@
 //!   the last instruction on is masked.
 //!
 //! Working on the unpadded row is the same as TRL's work on the padded one: padding labels are
-//! -100, no template id is negative, and the first pair masks from index 0 anyway.
+//! -100 and no template id is negative, so no match touches the padding and match positions
+//! only shift. What differs is whether a masked range reaches into the padding, which TRL then
+//! labels `ignore_index`: [`TrlOutcome`] says so for each side.
 
 /// What TRL's search found in one row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,6 +25,12 @@ pub struct TrlOutcome {
     pub response_found: bool,
     /// The instruction template matched somewhere (always true without one).
     pub instruction_found: bool,
+    /// TRL masks a range that covers the padding when the row is padded on the left (its first
+    /// range starts at 0) or on the right (it masks the row to its end): the padding's labels
+    /// are then `ignore_index`, not -100.
+    pub masks_left_padding: bool,
+    /// See [`TrlOutcome::masks_left_padding`].
+    pub masks_right_padding: bool,
 }
 
 /// Start of every (possibly overlapping) match of `pattern` in `labels`.
@@ -57,6 +65,13 @@ pub fn mask_row(
     let mut outcome = TrlOutcome {
         response_found: false,
         instruction_found: true,
+        masks_left_padding: false,
+        masks_right_padding: false,
+    };
+    let whole = |labels: &mut [i64], outcome: &mut TrlOutcome| {
+        labels.fill(ignore_index);
+        outcome.masks_left_padding = true;
+        outcome.masks_right_padding = true;
     };
     match instruction {
         None => match matches(labels, response).last() {
@@ -64,19 +79,20 @@ pub fn mask_row(
                 outcome.response_found = true;
                 let end = (start + response.len()).min(labels.len());
                 labels[..end].fill(ignore_index);
+                outcome.masks_left_padding = true;
             }
-            None => labels.fill(ignore_index),
+            None => whole(labels, &mut outcome),
         },
         Some(instruction) => {
             let response_ends: Vec<usize> = matches(labels, response).map(|p| p + response.len()).collect();
             outcome.response_found = !response_ends.is_empty();
             if !outcome.response_found {
-                labels.fill(ignore_index);
+                whole(labels, &mut outcome);
             }
             let mut human_starts: Vec<usize> = matches(labels, instruction).collect();
             outcome.instruction_found = !human_starts.is_empty();
             if !outcome.instruction_found {
-                labels.fill(ignore_index);
+                whole(labels, &mut outcome);
             }
             if let (Some(&h), Some(&r)) = (human_starts.first(), response_ends.first()) {
                 if h > r {
@@ -89,10 +105,13 @@ pub fn mask_row(
                 if start < end {
                     labels[start..end].fill(ignore_index);
                 }
+                // The first pair masks from 0 of the padded row: the left padding too.
+                outcome.masks_left_padding |= k == 0;
             }
             if response_ends.len() < human_starts.len() {
                 if let Some(&last) = human_starts.last() {
                     labels[last..].fill(ignore_index);
+                    outcome.masks_right_padding = true;
                 }
             }
         }

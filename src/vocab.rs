@@ -718,6 +718,27 @@ fn byte_fallback_piece(token: &str) -> Option<u8> {
     u8::from_str_radix(hex, 16).ok()
 }
 
+/// The id of the token whose text is `content`: an added/special token first, else any
+/// token. WordPiece tables store added tokens as words, with their leading space, so that space
+/// is allowed there.
+///
+/// ```
+/// use sftmask::Vocab;
+/// let json = r#"{"model": {"type": "BPE", "vocab": {"a": 0, "<eos>": 1}, "merges": []},
+///                "added_tokens": [{"id": 1, "content": "<eos>", "special": true}], "decoder": {"type": "ByteLevel"}}"#;
+/// let vocab = Vocab::from_json(json).unwrap();
+/// assert_eq!(sftmask::vocab::token_id(&vocab, "<eos>"), Some(1));
+/// assert_eq!(sftmask::vocab::token_id(&vocab, "zz"), None);
+/// ```
+pub fn token_id(vocab: &Vocab, content: &str) -> Option<u32> {
+    let want = content.as_bytes();
+    let wordpiece = matches!(vocab.decoding(), Decoding::WordPiece { .. });
+    let is = |b: &[u8]| b == want || (wordpiece && b.len() == want.len() + 1 && b[0] == b' ' && &b[1..] == want);
+    known_ids(vocab)
+        .find(|&id| vocab.is_added(id) && vocab.token_bytes(id).is_some_and(is))
+        .or_else(|| known_ids(vocab).find(|&id| vocab.token_bytes(id).is_some_and(is)))
+}
+
 /// Token ids of the table, for tests and tools: `id -> bytes` for every known id.
 pub fn known_ids(vocab: &Vocab) -> impl Iterator<Item = u32> + '_ {
     vocab

@@ -1,9 +1,6 @@
-"""Chat formats of the test families, and the ground truth of the masking rule.
+"""Chat formats of the test families: how each renders a conversation, and its templates.
 
-The ground truth is computed on the *original string* — template occurrences found with
-``str.startswith`` (leftmost-first, response template first at a tie), regions by SPEC.md's
-rule — and mapped to tokens through the tokenizer's own character offsets. It shares no code
-with sftmask's byte-level path.
+The ground truth of the masking rule on these renderings lives in tests/ground_truth.py.
 """
 
 from __future__ import annotations
@@ -122,83 +119,3 @@ def render(fmt: ChatFormat, messages: list[dict]) -> str:
     if fmt.name.startswith("mistral"):
         return render_mistral(fmt, messages)
     return fmt.render(messages)
-
-
-# ---------------------------------------------------------------------------------------------
-# Ground truth.
-
-
-def occurrences(text: str, response: str, instructions: tuple[str, ...]) -> list[tuple[int, int, bool]]:
-    """Non-overlapping template occurrences, leftmost-first, response first at a tie."""
-    patterns = [(response, True)] + [(t, False) for t in instructions]
-    out, i = [], 0
-    while i < len(text):
-        for p, is_response in patterns:
-            if text.startswith(p, i):
-                out.append((i, i + len(p), is_response))
-                i += len(p)
-                break
-        else:
-            i += 1
-    return out
-
-
-def regions(text: str, response: str, instructions: tuple[str, ...], train_on: str = "all") -> list[tuple[int, int]]:
-    """SPEC.md's region rule, on characters of the original string."""
-    occ = occurrences(text, response, instructions)
-    if not instructions:
-        last = [o for o in occ if o[2]]
-        out = [(last[-1][1], len(text))] if last else []
-    else:
-        out = []
-        for k, (_s, e, is_response) in enumerate(occ):
-            if is_response:
-                out.append((e, occ[k + 1][0] if k + 1 < len(occ) else len(text)))
-        if train_on == "last":
-            out = out[-1:]
-    return [(s, e) for s, e in out if e > s]
-
-
-def expected_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]], ignore: int = -100):
-    """A token is trained iff its character span overlaps a region (a zero-width one iff its
-    offset lies inside one)."""
-    out = []
-    for tid, (cs, ce) in zip(ids, offsets):
-        hit = any((cs < re and ce > rs) if ce > cs else (rs <= cs < re) for rs, re in spans)
-        out.append(tid if hit else ignore)
-    return out
-
-
-def encode(tok, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Ids and character offsets of ``text`` encoded without added special tokens."""
-    enc = tok.encode(text, add_special_tokens=False)
-    # SentencePiece-style tokenizers put a lone `▁` after special tokens that is not in the text;
-    # the tokenizer reports it with the *next* character's offsets. Its real width is zero.
-    offsets = [
-        (s, s) if token == "\u2581" and text[s:e] != " " else (s, e) for token, (s, e) in zip(enc.tokens, enc.offsets)
-    ]
-    return list(enc.ids), offsets
-
-
-def kept_text(tok, text: str, keep: int) -> str:
-    """The part of ``text`` that the first ``keep`` tokens stand for."""
-    _, offsets = encode(tok, text)
-    return text[: max((e for _, e in offsets[:keep]), default=0)]
-
-
-def truth_for(tok, text: str, fmt: ChatFormat, *, instructions: bool = True, train_on: str = "all", keep=None):
-    """(ids, expected labels) for ``text`` encoded without added special tokens, optionally
-    truncated to the first ``keep`` tokens."""
-    ids, offsets = encode(tok, text)
-    if keep is not None:
-        ids, offsets = ids[:keep], offsets[:keep]
-        text = text[: max((e for _, e in offsets), default=0)]
-    spans = regions(text, fmt.response, fmt.instructions if instructions else (), train_on)
-    return ids, expected_labels(ids, offsets, spans)
-
-
-def truth_by_ids(tok, chats: list[list[dict]], fmt: ChatFormat, suffix: str = "") -> dict[tuple[int, ...], list[int]]:
-    """Ground truth of each chat (plus ``suffix``, e.g. the EOS that SFTTrainer appends), keyed by
-    its ids, for checking the batches a trainer built."""
-    pairs = (truth_for(tok, render(fmt, c) + suffix, fmt) for c in chats)
-    return {tuple(ids): labels for ids, labels in pairs}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -57,6 +60,25 @@ def load_hf_tokenizer(family: str):
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+@functools.cache
+def synthetic_tokenizer_path(family: str = "byte_level") -> str:
+    """Path of the synthetic ``tokenizer.json`` of ``family`` (tests/synthetic.py), written once per
+    process (a plain function, so that hypothesis tests can pick the family)."""
+    import synthetic
+
+    folder = Path(tempfile.mkdtemp(prefix=f"sftmask-{family}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "tokenizer.json"
+    path.write_text(synthetic.tokenizer_json(family))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tok_path() -> str:
+    """Path of the synthetic byte-level ``tokenizer.json``."""
+    return synthetic_tokenizer_path("byte_level")
 
 
 def tiny_llama(vocab_size: int, *, tie_word_embeddings: bool = True, **config):

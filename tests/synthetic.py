@@ -1,5 +1,6 @@
 """Small synthetic ``tokenizer.json`` texts of each decoder family, for fast hostile-input,
-property and memory tests (no real tokenizer needed), and a reference of the masking rule.
+property and memory tests (no real tokenizer needed); the masking rule's ground truth is in
+tests/ground_truth.py.
 
 Every vocabulary holds one token per character of :data:`ALPHABET` (so any text over it can be
 spelled), a few longer tokens, and special tokens ``<|u|>``/``<|a|>``. Templates over the
@@ -11,25 +12,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ground_truth import BYTE_LEVEL_DECODER
+
 ALPHABET = ["a", "b", " ", "\n", ":", "é"]
 WORDS = ["User:", "Bot:", " a", " b", "ab", "\n\n", " User:", " Bot:", "Bot", ":\n"]
 SPECIALS = ["<|u|>", "<|a|>", "<pad>"]
 FAMILIES = ("byte_level", "metaspace_first", "metaspace_always", "llama2", "wordpiece", "unigram")
 
 
-def _byte_level_map() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-_BYTE_LEVEL = _byte_level_map()
+# GPT-2's byte -> character map (the inverse of the ground truth's decoder).
+_BYTE_LEVEL = {b: c for c, b in BYTE_LEVEL_DECODER.items()}
 
 
 def pieces(family: str) -> list[str]:
@@ -124,53 +116,6 @@ def vocab_size(family: str) -> int:
 
 def pad_id(family: str) -> int:
     return len(pieces(family)) + SPECIALS.index("<pad>")
-
-
-# -- the masking rule, re-implemented from SPEC.md on the searchable text -------------------------
-
-
-def occurrences(text: bytes, response: bytes, instructions: list[bytes]) -> list[tuple[int, int, bool]]:
-    """Leftmost-first, non-overlapping; at one position the response wins, then instructions in order."""
-    out, pos = [], 0
-    while pos < len(text):
-        for t, is_response in [(response, True)] + [(i, False) for i in instructions]:
-            if text.startswith(t, pos):
-                out.append((pos, pos + len(t), is_response))
-                pos += len(t)
-                break
-        else:
-            pos += 1
-    return out
-
-
-def regions(occ: list[tuple[int, int, bool]], n: int, multi: bool, last: bool) -> list[tuple[int, int]]:
-    out = []
-    if not multi:
-        resp = [o for o in occ if o[2]]
-        if resp:
-            out.append((resp[-1][1], n))
-    else:
-        for i, (_, end, is_response) in enumerate(occ):
-            if is_response:
-                out.append((end, occ[i + 1][0] if i + 1 < len(occ) else n))
-        if last:
-            out = out[-1:]
-    return [(s, e) for s, e in out if e > s]
-
-
-def reference_labels(
-    ids: list[int], text: bytes, ends: list[int], regs: list[tuple[int, int]], ignore_index: int
-) -> list[int]:
-    """SPEC's overlap rule: trained iff the span overlaps a region (zero width: offset inside one)."""
-    out, start = [], 0
-    for i, end in zip(ids, ends):
-        if end > start:
-            hit = any(start < re and end > rs for rs, re in regs)
-        else:
-            hit = any(rs <= start < re for rs, re in regs)
-        out.append(i if hit else ignore_index)
-        start = end
-    return out
 
 
 # -- batches for the concurrency and memory tests (byte-level ids) --------------------------------

@@ -1,12 +1,13 @@
 """`sftmask check` on real files written by the tests (JSONL, Parquet, datasets.save_to_disk).
 
-Truth: ground-truth labels on the original strings (tests/chat_formats.py), `str` search for
+Truth: ground-truth labels on the original strings (tests/ground_truth.py), `str` search for
 templates, the tokenizer's own offsets for truncation, and TRL 0.19.1's own collator for the
 rows it loses.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import re
@@ -18,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from build_tokenizers import tokenizer_path
-from chat_formats import CHATML, regions, render, truth_for
+from chat_formats import CHATML, render
 from conftest import load_hf_tokenizer, load_tokenizer
+from ground_truth import text_regions, truth_for
 from sftmask.cli import main
 
 QWEN = tokenizer_path("qwen2").parent  # a folder with tokenizer.json (no chat template)
@@ -67,7 +69,7 @@ def truth(texts, max_length=None):
         found = CHATML.response in kept
         out["tokens"] += len(ids)
         out["trained_tokens"] += sum(v != -100 for v in labels)
-        spans = regions(kept, CHATML.response, CHATML.instructions)
+        spans = text_regions(kept, CHATML.response, CHATML.instructions)
         for (s, e), v in zip(enc.offsets[: len(ids)], labels):
             if v != -100 and e > s:
                 out["straddling_tokens"] += not any(rs <= s and e <= re for rs, re in spans)
@@ -234,7 +236,8 @@ def test_show_renders_problem_rows_first(tmp_path, capsys):
     missing = sum(CHATML.response not in t for t in texts)
     assert re.search(rf"^rows without a response template\s+{missing} \({missing / len(texts):.2%}\)$", out, re.M)
     shown = re.findall(r"^row (\d+) \((.*?);", out, re.M)
-    assert shown[0] == ("0", "no response template") and len(shown) == 2
+    # The text report counts rows from 1 (the first line of the file is row 1).
+    assert shown[0] == ("1", "no response template") and len(shown) == 2
     assert "no template here" in out and "[[" in out
     code, report = json_report(capsys, data, "--show", "3")
     assert report["shown"][0]["row"] == 0 and len(report["shown"]) == 3
@@ -280,7 +283,7 @@ BAD_INPUTS = {
     "wrong column": (lambda p: _write(p / "a.jsonl", '{"text": "x"}\n'), ["--column", "body"], "no column 'body'"),
     "column type": (lambda p: _write(p / "a.jsonl", '{"text": 3}\n'), [], "holds int values"),
     "missing key": (lambda p: _write(p / "a.jsonl", '{"text": "a"}\n{"other": 1}\n'), [], r"a\.jsonl:2: no 'text'"),
-    "bad ids": (lambda p: _write(p / "a.jsonl", '{"input_ids": [1, 2]}\n{"input_ids": [1, "x"]}\n'), [], "row 1"),
+    "bad ids": (lambda p: _write(p / "a.jsonl", '{"input_ids": [1, 2]}\n{"input_ids": [1, "x"]}\n'), [], "row 2:"),
     "id out of vocab": (lambda p: _write(p / "a.jsonl", '{"input_ids": [1, 99999999]}\n'), [], "not in the vocabulary"),
     "bad parquet": (_bad_parquet, [], "not a readable Parquet file"),
     "unknown format": (lambda p: _write(p / "a.csv", "text\nx\n"), [], "cannot tell the format"),
@@ -338,3 +341,137 @@ def test_text_report_lines(tmp_path, capsys):
     assert re.search(rf"^tokens\s+{want['tokens']}$", out, re.M)
     assert re.search(rf"^rows longer than --max-length 30\s+{want['rows_truncated']}$", out, re.M)
     assert "rows TRL's token matching would lose" in out and "tokens straddling a template boundary" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# What a new user hit (issue 9).
+
+
+def test_text_report_row_lists_count_from_1(tmp_path, capsys):
+    texts = [render(CHATML, m) for m in conversations(40, seed=9)]
+    texts[0] = texts[7] = "no template in this row"
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in texts])
+    code, out, _ = run_check(capsys, data, "--tokenizer", QWEN, "--response-template", CHATML.response)
+    assert code == 0
+    # Row numbers as an editor shows the file's lines (one row per line here).
+    lines = data.read_text(encoding="utf-8").splitlines()
+    want = [n for n, line in enumerate(lines, 1) if CHATML.response not in json.loads(line)["text"]]
+    assert 1 in want and 8 in want
+    listed = re.search(r"^rows without a template, by row number \(first row = 1\): (.*)$", out, re.M)
+    assert listed and [int(x) for x in listed.group(1).split(", ")] == want
+    # The lists are set apart from the counts above them.
+    assert "\n\nrows without a template, by row number" in out
+    # --format json keeps 0-based indices, as README.md says.
+    _, report = json_report(capsys, data)
+    assert report["rows_without_template_sample"] == [n - 1 for n in want]
+    section = README.read_text(encoding="utf-8").split("### `--format json` fields", 1)[1].split("\n## ", 1)[0]
+    for key in ("rows_without_template_sample", "trl_rows_lost_sample", "shown"):
+        assert "0-based" in re.search(rf"^\| `{key}` \|(.*)$", section, re.M).group(1)
+
+
+def _rows(texts):
+    return [{"text": t, "id": i} for i, t in enumerate(texts)]
+
+
+JSON_DOCUMENTS = {
+    "pretty array (.json)": ("d.json", lambda texts: _rows(texts)),
+    "pretty array (.jsonl)": ("d.jsonl", lambda texts: _rows(texts)),
+    "object with a data array": ("d.json", lambda texts: {"version": "1.0", "data": _rows(texts)}),
+    "columns": ("d.json", lambda texts: {"text": texts, "id": list(range(len(texts)))}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(JSON_DOCUMENTS))
+def test_pretty_printed_json_documents_are_read(tmp_path, capsys, case):
+    name, shape = JSON_DOCUMENTS[case]
+    texts = [render(CHATML, m) for m in conversations(60, seed=10)]
+    data = tmp_path / name
+    data.write_text(json.dumps(shape(texts), ensure_ascii=False, indent=2), encoding="utf-8")
+    code, report = json_report(capsys, data)
+    assert code == 0 and report["format"] == "json" and report["column"] == "text"
+    assert {k: report[k] for k in FIELDS} == truth(texts)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{\n  "name": "x",\n  "count": 3\n}\n', '{\n  "text": ["a", "b"],\n  "id": [1]\n}\n', '{\n  "text": \n'],
+)
+def test_a_json_document_of_another_shape_says_what_is_expected(tmp_path, capsys, content):
+    data = _write(tmp_path / "d.json", content)
+    code, out, err = run_check(capsys, data, "--tokenizer", QWEN, "--response-template", "x")
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "expected JSON Lines (one object per line), a JSON array of row objects" in lines[0]
+    assert ":1: not valid JSON" not in lines[0]
+
+
+def test_show_legend_matches_colours(tmp_path, capsys, monkeypatch):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": render(CHATML, m)} for m in conversations(3, seed=11)])
+    argv = ["check", str(data), "--tokenizer", str(QWEN), "--response-template", CHATML.response, "--show", "1"]
+    assert main(argv) == 0
+    plain = capsys.readouterr().out
+    assert re.search(r"^row 1 \(.*\[\[…\]\] = trained\):$", plain, re.M) and "[[" in plain.split("\nrow 1 (", 1)[1]
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    monkeypatch.setattr(sys, "stdout", tty)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert main(argv) == 0
+    header, body = tty.getvalue().split("\nrow 1 (", 1)[1].split("\n", 1)
+    assert "\x1b[1;32m" in body and "[[" not in body, "the row is shown in colour"
+    assert "[[" not in header and "green\x1b[0m = trained" in header
+
+
+def _hub_env(tmp_path, **extra):
+    """An environment with an empty Hugging Face cache and the hub at a port nothing listens on."""
+    import os
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused at once
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "HUGGINGFACE_"))}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{closed.getsockname()[1]}", **extra)
+    return env, closed
+
+
+def _check_with_hub_name(tmp_path, env, name="someone/some-model"):
+    import time
+
+    data = _write(tmp_path / "a.jsonl", '{"text": "hi"}\n')
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "sftmask", "check", str(data), "--tokenizer", name, "--response-template", "x",
+         "--format", "json"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    return done, time.monotonic() - start
+
+
+@pytest.mark.parametrize("offline_flag", [False, True])
+def test_hub_name_without_network_is_one_line_at_once(tmp_path, offline_flag):
+    env, closed = _hub_env(tmp_path, **({"HF_HUB_OFFLINE": "1"} if offline_flag else {}))
+    with closed:
+        done, seconds = _check_with_hub_name(tmp_path, env)
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no retry messages from huggingface_hub
+    assert "someone/some-model is not in the local Hugging Face cache" in lines[0]
+    assert ("offline mode is on" if offline_flag else "cannot be reached") in lines[0]
+    assert seconds < 20, f"took {seconds:.1f} s"  # the hub's retries alone took ~50 s
+
+
+def test_hub_name_in_the_local_cache_loads_without_network(tmp_path):
+    env, closed = _hub_env(tmp_path)
+    # The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<commit>/files}.
+    repo = tmp_path / "hf" / "hub" / "models--someone--cached-model"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    load_hf_tokenizer("qwen2").save_pretrained(repo / "snapshots" / commit)
+    with closed:
+        done, _ = _check_with_hub_name(tmp_path, env, "someone/cached-model")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tokens"] == len(load_tokenizer("qwen2").encode("hi").ids)

@@ -16,8 +16,9 @@ from transformers import BatchEncoding
 
 import sftmask
 from build_tokenizers import fixture_info, tokenizer_path
-from chat_formats import CHATML, PLAIN, render, truth_for
+from chat_formats import CHATML, PLAIN, render
 from conftest import load_hf_tokenizer, load_tokenizer
+from ground_truth import truth_for
 from sftmask import DataCollatorForCompletionOnlyLM
 
 RESPONSE = CHATML.response

@@ -36,13 +36,6 @@ ROW = synthetic.CHAT_ROW  # <|u|>User: a\n<|a|>Bot: b\n\n<|u|>User: b<|a|>Bot: a
 LINUX = sys.platform.startswith("linux")
 
 
-@pytest.fixture(scope="module")
-def tok_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synthetic") / "tokenizer.json"
-    path.write_text(synthetic.tokenizer_json("byte_level"))
-    return str(path)
-
-
 def make(tok_path, **kw):
     kw.setdefault("pad_token_id", PAD)
     kw.setdefault("return_tensors", "np")

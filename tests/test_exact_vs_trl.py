@@ -1,7 +1,8 @@
 """Exact mode against TRL 0.19.1 where TRL is right, and each documented difference on purpose.
 
 Where the template tokenizes the same in context (TRL finds it in every row), exact-mode labels
-equal TRL's, except for the differences the README documents, each shown by a test below.
+equal TRL's, except for the differences in docs/masking.md#differences-from-trl (the README's table),
+each shown by a test below.
 """
 
 from __future__ import annotations
@@ -130,3 +131,37 @@ def test_difference_several_instruction_templates():
     their_text = tokenizer.decode([i for i, label in zip(ids, theirs["labels"][0].tolist()) if label != -100])
     assert "sunny<|im_end|>" in their_text.split("It is")[0], "TRL trains the tool's output"
     assert ours.trained_text(ids) == ["call<|im_end|>\n", "It is sunny.<|im_end|>\n"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_per_token_keys_pass_through_as_trl_pads_them(data):
+    """token_type_ids come back padded exactly as TRL 0.19.1's parent pads them (special_tokens_mask,
+    which TRL's parent consumes, is dropped by both); padding-free flattens them with the ids
+    (TRL leaves them [B, L], a documented difference: docs/masking.md#extra-keys)."""
+    tokenizer = copy.deepcopy(tok(False))
+    tokenizer.padding_side = data.draw(st.sampled_from(["right", "left"]))
+    conversations = data.draw(st.lists(chats(), min_size=1, max_size=3))
+    rows = [tokenizer.encode(render(CHATML, c), add_special_tokens=False) for c in conversations]
+    examples = [
+        {
+            "input_ids": r,
+            "token_type_ids": data.draw(st.lists(st.integers(0, 1), min_size=len(r), max_size=len(r))),
+            "special_tokens_mask": [0] * len(r),
+        }
+        for r in rows
+    ]
+    kw = {"tokenizer": tokenizer, "pad_to_multiple_of": data.draw(st.sampled_from([None, 8]))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = trl.DataCollatorForCompletionOnlyLM(CHATML.response, USER, **kw)(copy.deepcopy(examples))
+    ours = sftmask.DataCollatorForCompletionOnlyLM(CHATML.response, USER, **kw)(examples)
+    assert set(ours) == set(theirs) == {"input_ids", "attention_mask", "labels", "token_type_ids"}
+    assert ours["token_type_ids"].dtype == theirs["token_type_ids"].dtype == torch.int64
+    assert torch.equal(ours["token_type_ids"], theirs["token_type_ids"])
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+
+    flat = sftmask.DataCollatorForCompletionOnlyLM(CHATML.response, USER, tokenizer=tokenizer, padding_free=True)
+    out = flat(examples)
+    assert out["token_type_ids"].shape == out["input_ids"].shape
+    assert out["token_type_ids"][0].tolist() == [t for e in examples for t in e["token_type_ids"]]

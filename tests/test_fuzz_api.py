@@ -2,8 +2,11 @@
 never crash the process and uphold the documented invariants.
 
 Vocabularies are the small synthetic ones of ``tests/synthetic.py`` (every decoder family), so
-templates occur often; labels are checked against a re-implementation of SPEC.md's rule on the
-searchable text (``synthetic.reference_labels``). A real tokenizer (GPT-2) gets random ids too.
+templates occur often; labels are checked against the ground truth of docs/masking.md's rule on the
+searchable text (``tests/ground_truth.py``). ``compat="trl"`` is checked against TRL 0.19.1
+itself. A real tokenizer (GPT-2) gets random ids too, checked against the rule on the bytes its
+own vocabulary gives each token. Templates are planted in the rows, so most rows train something
+and an all-masked output fails.
 ``HYPOTHESIS_PROFILE=thorough`` runs 1,000 examples per test.
 """
 
@@ -14,10 +17,12 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import assume, event, given, note
+from hypothesis import assume, event, example, given, note
 from hypothesis import strategies as st
 
+import ground_truth
 import synthetic
+from conftest import load_tokenizer, synthetic_tokenizer_path
 from sftmask import DataCollatorForCompletionOnlyLM, Vocab
 
 TEXT_TEMPLATES = ["Bot:", " Bot:", "Bot", ":\n", "<|a|>", "<|a|>Bot:", "a", " ", "\n\n", "é", "b:", "User:\n"]
@@ -27,16 +32,6 @@ INSTRUCTION_TEMPLATES = ["User:", " User:", "<|u|>", "<|u|>User:", "\n", "ab", "
 @functools.cache
 def vocab(family: str) -> Vocab:
     return Vocab.from_json(synthetic.tokenizer_json(family))
-
-
-@functools.cache
-def tok_path(family: str) -> str:
-    import tempfile
-    from pathlib import Path
-
-    folder = Path(tempfile.mkdtemp(prefix=f"sftmask-{family}-"))
-    (folder / "tokenizer.json").write_text(synthetic.tokenizer_json(family))
-    return str(folder / "tokenizer.json")
 
 
 families = st.sampled_from(synthetic.FAMILIES)
@@ -129,7 +124,7 @@ def build(family, response, instructions, options, on_missing="ignore"):
         return DataCollatorForCompletionOnlyLM(
             response,
             instructions or None,
-            tokenizer=tok_path(family),
+            tokenizer=synthetic_tokenizer_path(family),
             pad_token_id=synthetic.pad_id(family),
             on_missing=on_missing,
             **options,
@@ -146,10 +141,10 @@ def expected_labels(collator, family, ids):
     masker = collator._masker
     response = masker.response_template
     instructions = list(masker.instruction_templates)
-    occ = synthetic.occurrences(text, response, instructions)
-    regs = synthetic.regions(occ, len(text), bool(instructions), collator.train_on == "last")
+    occ = ground_truth.occurrences(text, response, instructions)
+    regs = ground_truth.regions(occ, len(text), bool(instructions), collator.train_on == "last")
     found = any(o[2] for o in occ)
-    return synthetic.reference_labels(ids, text, ends, regs, collator.ignore_index), found
+    return ground_truth.labels(ids, ground_truth.spans_from_ends(ends), regs, collator.ignore_index), found
 
 
 @given(setup=setups(), data=st.data())
@@ -275,27 +270,48 @@ def test_junk_rows_raise_clean_errors(batch):
         assert msg.startswith("row ") or "the batch is empty" in msg, msg
 
 
+@functools.cache
+def hf_tokenizer(family: str):
+    """The synthetic family as a transformers fast tokenizer (what TRL takes)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=synthetic_tokenizer_path(family), pad_token="<pad>")
+
+
+def planted_rows(token, pieces, max_rows: int = 6):
+    """Rows of random tokens with whole templates (``pieces``) planted among them."""
+    segment = st.lists(token, max_size=6) | st.sampled_from(pieces)
+    row = st.lists(segment, max_size=8).map(lambda segs: [i for seg in segs for i in seg])
+    return st.lists(row, min_size=1, max_size=max_rows)
+
+
 @given(
     family=st.sampled_from(["byte_level", "llama2", "metaspace_first"]),
     data=st.data(),
 )
 def test_compat_trl_random_batches(family, data):
-    """compat='trl' (token-level search) on random ids: no crash, labels are ids or -100/ignore."""
+    """compat='trl' (token-level search) on random ids with its templates planted: the labels are
+    TRL 0.19.1's own (TRL itself is the oracle), so a row TRL trains must be trained."""
+    trl = pytest.importorskip("trl", reason="TRL 0.19.1 is the oracle; .ci/run installs it")
     size = synthetic.vocab_size(family)
     response = data.draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=3))
     instruction = data.draw(st.none() | st.lists(st.integers(0, size - 1), min_size=1, max_size=3))
     options = {
         "padding_free": data.draw(st.booleans()),
         "ignore_index": data.draw(st.sampled_from([-100, -3])),
-        "return_tensors": "np",
     }
+    token = st.integers(0, size - 1) | st.sampled_from(template_like_ids(family))
+    batch = data.draw(planted_rows(token, [response] + ([instruction] if instruction else [])))
+    if options["padding_free"]:
+        assume(all(batch))  # TRL's padding-free path cannot flatten an empty row
+    examples = [{"input_ids": r, "attention_mask": [1] * len(r)} for r in batch]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             collator = DataCollatorForCompletionOnlyLM(
                 response,
                 instruction,
-                tokenizer=tok_path(family),
+                tokenizer=synthetic_tokenizer_path(family),
                 pad_token_id=synthetic.pad_id(family),
                 compat="trl",
                 **options,
@@ -303,26 +319,76 @@ def test_compat_trl_random_batches(family, data):
         except ValueError as e:
             assert "is empty" in str(e) or "is the response template" in str(e), e
             assume(False)
-        batch = data.draw(rows(family))
-        out = collator(batch)
-    labels, ids = out["labels"], out["input_ids"]
-    assert ((labels == ids) | (labels == -100) | (labels == options["ignore_index"])).all()
+        theirs = trl.DataCollatorForCompletionOnlyLM(response, instruction, tokenizer=hf_tokenizer(family), **options)(
+            examples
+        )
+        ours = collator(examples)
+    ignore = options["ignore_index"]
+    trained = int(((theirs["labels"] != -100) & (theirs["labels"] != ignore)).sum())
+    event(f"TRL trains {'some' if trained else 'no'} tokens")
+    assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
+    # Padding labels included: where TRL's masked range covers the padding, it is ignore_index.
+    assert ours["labels"].tolist() == theirs["labels"].tolist()
+    if not options["padding_free"]:
+        assert ours["attention_mask"].tolist() == theirs["attention_mask"].tolist()
+    assert collator.stats.trained_tokens == trained
+
+
+def test_compat_trl_padding_label_when_ignore_index_is_not_minus_100():
+    trl = pytest.importorskip("trl", reason="TRL 0.19.1 is the oracle; .ci/run installs it")
+    examples = [{"input_ids": [7, 1, 6, 8, 2, 3]}, {"input_ids": [6, 8, 2]}]  # the second has no "\n" (7)
+    kw = {"ignore_index": -3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = trl.DataCollatorForCompletionOnlyLM([6, 8], [7], tokenizer=hf_tokenizer("byte_level"), **kw)(examples)
+        ours = DataCollatorForCompletionOnlyLM(
+            [6, 8],
+            [7],
+            tokenizer=synthetic_tokenizer_path("byte_level"),
+            compat="trl",
+            pad_token_id=hf_tokenizer("byte_level").pad_token_id,
+            **kw,
+        )(examples)
+    assert theirs["labels"][1].tolist() == [-3] * 6
+    assert ours["labels"].tolist() == theirs["labels"].tolist()
 
 
 @functools.cache
 def gpt2():
-    from conftest import load_tokenizer
-
     return load_tokenizer("gpt2")  # a tokenizers.Tokenizer: its table is cached per object
 
 
-@given(
-    batch=st.lists(st.lists(st.integers(0, 50256), max_size=64), min_size=1, max_size=8),
-    response=st.text(min_size=1, max_size=6) | st.lists(st.integers(0, 50256), min_size=1, max_size=3),
-    padding_free=st.booleans(),
-)
-def test_real_tokenizer_random_ids(batch, response, padding_free):
-    """GPT-2's real table: random ids and templates (any Unicode) never crash; labels are ids or -100."""
+@functools.cache
+def gpt2_bytes(token_id: int) -> bytes:
+    return ground_truth.byte_level_token_bytes(gpt2(), token_id)
+
+
+@st.composite
+def gpt2_cases(draw):
+    """A response template (any Unicode text, or ids) and rows of random ids with the template's
+    own ids planted among them."""
+    gpt2_id = st.integers(0, 50256)
+    response = draw(st.text(min_size=1, max_size=6) | st.lists(gpt2_id, min_size=1, max_size=3))
+    planted = gpt2().encode(response, add_special_tokens=False).ids if isinstance(response, str) else response
+    batch = draw(planted_rows(gpt2_id, [planted], max_rows=8).map(lambda rows: [r[:64] for r in rows]))
+    return response, batch
+
+
+def gpt2_truth(response, row: list[int]) -> list[int]:
+    """docs/masking.md's rule on the bytes GPT-2's own vocabulary gives each token (no normalizer, no
+    phantom space: the template's bytes are its UTF-8, or its tokens' bytes)."""
+    template = response.encode() if isinstance(response, str) else b"".join(map(gpt2_bytes, response))
+    text, spans = ground_truth.byte_spans([gpt2_bytes(i) for i in row])
+    return ground_truth.labels(row, spans, ground_truth.text_regions(text, template, []))
+
+
+@given(case=gpt2_cases(), padding_free=st.booleans())
+@example(case=("### Assistant:", [[21017, 15286, 25, 15902, 13]]), padding_free=False)  # "### Assistant: Hi."
+@example(case=([25], [[40, 25, 257, 25, 275, 13], [25]]), padding_free=True)  # "I: a: b." and ":"
+def test_real_tokenizer_random_ids(case, padding_free):
+    """GPT-2's real table: random ids and templates (any Unicode) never crash, and the labels are
+    exactly the rule's on the bytes of GPT-2's own tokens."""
+    response, batch = case
     collator = DataCollatorForCompletionOnlyLM(
         response,
         tokenizer=gpt2(),
@@ -332,6 +398,16 @@ def test_real_tokenizer_random_ids(batch, response, padding_free):
         return_tensors="np",
     )
     out = collator(batch)
-    labels, ids = out["labels"], out["input_ids"]
-    assert ((labels == ids) | (labels == -100)).all()
+    truths = [gpt2_truth(response, r) for r in batch]
+    trained = sum(label != -100 for t in truths for label in t)
+    event(f"rows trained: {sum(any(v != -100 for v in t) for t in truths)}/{len(batch)}")
+    if padding_free:
+        flat = [v for t in truths for v in ([-100, *t[1:]] if t else [])]
+        assert out["labels"][0].tolist() == flat
+        trained -= sum(bool(t) and t[0] != -100 for t in truths)
+    else:
+        for r, (row, truth) in enumerate(zip(batch, truths)):
+            assert out["labels"][r, : len(row)].tolist() == truth, f"row {r}"
+            assert (out["labels"][r, len(row) :] == -100).all()
     assert collator.stats.tokens == sum(map(len, batch))
+    assert collator.stats.trained_tokens == trained

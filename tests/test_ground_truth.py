@@ -1,7 +1,7 @@
 """The collator's labels equal the ground truth of the masking rule, on real tokenizers.
 
 Conversations are rendered in each family's chat format; the truth is computed on the original
-string and mapped to tokens through the tokenizer's character offsets (tests/chat_formats.py).
+string and mapped to tokens through the tokenizer's character offsets (tests/ground_truth.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from build_tokenizers import fixture_info
-from chat_formats import FORMATS, PLAIN, kept_text, render, truth_for
+from chat_formats import FORMATS, PLAIN, render
 from conftest import ROWS_CHECKED, load_tokenizer
+from ground_truth import kept_text, truth_for
 from sftmask import DataCollatorForCompletionOnlyLM
 
 CHAT_FAMILIES = sorted(FORMATS)

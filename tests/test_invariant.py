@@ -1,4 +1,4 @@
-"""SPEC invariant: the searchable text of ``encode(T)`` is the tokenizer's normalization of T.
+"""docs/masking.md#the-invariant: the searchable text of ``encode(T)`` is the tokenizer's normalization of T.
 
 ``D(encode(T, add_special_tokens=False).ids) == N(T)`` where N is the tokenizer's own
 content-changing normalization: NFC for Qwen2, identity for the others — except that a

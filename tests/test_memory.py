@@ -27,13 +27,6 @@ PAD = synthetic.pad_id("byte_level")
 ROW = synthetic.CHAT_ROW
 
 
-@pytest.fixture(scope="module")
-def tok_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synthetic") / "tokenizer.json"
-    path.write_text(synthetic.tokenizer_json("byte_level"))
-    return str(path)
-
-
 @pytest.mark.skipif(not LINUX, reason="reads /proc/self/statm")
 def test_rss_is_flat_over_many_collations():
     """`tests/memory_loop.py`: 2,000 calls here (10,000 with SFTMASK_LONG_TESTS=1), real

@@ -1,7 +1,7 @@
 """`sftmask.tokenize_and_mask` (Rust tokenization + masking) and the collator's `labels="keep"`.
 
 Truth: each tokenizer's own encode, ground-truth labels computed on the original string
-(tests/chat_formats.py), and padding/flattening written out by hand in the tests.
+(tests/ground_truth.py), and padding/flattening written out by hand in the tests.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import pytest
 
 import sftmask
 from build_tokenizers import tokenizer_path
-from chat_formats import CHATML, FORMATS, render, truth_for
+from chat_formats import CHATML, FORMATS, render
 from conftest import load_hf_tokenizer, load_tokenizer
+from ground_truth import truth_for
 
 # ChatML as a Jinja chat template: renders exactly what chat_formats.CHATML.render writes.
 CHATML_JINJA = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -1,6 +1,6 @@
 """`sftmask.render(ids, tokenizer, labels)`, `MaskView` (HTML, ANSI, plain) and `collator.render`.
 
-Truth: ground-truth labels (tests/chat_formats.py), the tokenizer's own per-token decode and
+Truth: ground-truth labels (tests/ground_truth.py), the tokenizer's own per-token decode and
 offsets, TRL 0.19.1's labels, and the DOM that a real browser (headless Chromium) builds from the
 HTML."""
 
@@ -18,8 +18,9 @@ import pytest
 
 import sftmask
 from build_tokenizers import tokenizer_path
-from chat_formats import CHATML, LLAMA3, render, truth_for
+from chat_formats import CHATML, LLAMA3, render
 from conftest import load_hf_tokenizer, load_tokenizer
+from ground_truth import truth_for
 
 CHAT = [
     {"role": "system", "content": "Be <terse> & 'exact'."},
@@ -79,10 +80,12 @@ def test_render_accepts_any_labels_from_trl():
     collator = trl.DataCollatorForCompletionOnlyLM(CHATML.response, tokenizer=tok)
     batch = collator([{"input_ids": r} for r in rows])
     for i, row in enumerate(rows):
+        keep = batch["attention_mask"][i].bool()
         view = sftmask.render(batch["input_ids"][i], tok, batch["labels"][i])
-        # Padded positions are there too (no attention mask given): one token per position.
-        assert [t.trained for t in view.tokens] == (batch["labels"][i] != -100).tolist()
-        # With the attention mask, padding is left out.
+        # No attention mask given: padding is found by position and left out, as TRL's mask says.
+        assert [t.id for t in view.tokens] == row
+        assert [t.trained for t in view.tokens] == (batch["labels"][i][keep] != -100).tolist()
+        # With the attention mask, padding is left out too.
         example = {k: batch[k][i] for k in ("input_ids", "labels", "attention_mask")}
         row_view = sftmask.render(example, tok)
         assert [t.id for t in row_view.tokens] == row
@@ -231,3 +234,64 @@ def test_browser_builds_one_box_per_token(tmp_path):
         check=True,
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding stays out of the view and its trained share (issue 9). Truth: the rows before padding.
+
+
+def _chat_rows(k_values=(3, 5)):
+    tok = load_tokenizer("qwen2")
+    return [tok.encode(render(CHATML, CHAT[:k])).ids for k in k_values]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_batch_rows_render_without_padding(side):
+    rows = _chat_rows()
+    collator = sftmask.DataCollatorForCompletionOnlyLM(
+        CHATML.response, list(CHATML.instructions), tokenizer=tokenizer_path("qwen2"), padding_side=side,
+        pad_token_id=151643, return_tensors="np",
+    )  # fmt: skip
+    batch = collator([{"input_ids": r} for r in rows])
+    width = batch["input_ids"].shape[1]
+    for i, row in enumerate(rows):
+        truth = collator.render({"input_ids": row})
+        trained = sum(t.trained for t in truth.tokens)
+        # By position (no attention mask), by the mask as an argument, and from the collator.
+        views = [
+            collator.render(batch["input_ids"][i]),
+            sftmask.render(
+                batch["input_ids"][i], tokenizer_path("qwen2"), batch["labels"][i],
+                attention_mask=batch["attention_mask"][i],
+            ),
+        ]  # fmt: skip
+        if side == "right":  # the tokenizer's own padding side
+            views.append(sftmask.render(batch["input_ids"][i], load_hf_tokenizer("qwen2"), batch["labels"][i]))
+        for view in views:
+            assert [t.id for t in view.tokens] == row
+            assert view.trained_fraction == pytest.approx(trained / len(row))
+            assert view.padding == width - len(row)
+            if width > len(row):
+                assert f"{width - len(row)} padding positions left out" in repr(view)
+
+
+def test_pad_equal_to_eos_keeps_the_rows_own_eos():
+    from transformers import PreTrainedTokenizerFast
+
+    eos_token = load_hf_tokenizer("qwen2").eos_token
+    hf = PreTrainedTokenizerFast(tokenizer_object=load_tokenizer("qwen2"), eos_token=eos_token, pad_token=eos_token)
+    eos = hf.eos_token_id
+    assert eos is not None and hf.pad_token_id == eos
+    rows = [[*r, eos] for r in _chat_rows()]  # each row ends with EOS, as pipelines append it
+    collator = sftmask.DataCollatorForCompletionOnlyLM(
+        CHATML.response, list(CHATML.instructions), tokenizer=hf, pad_token_id=eos, return_tensors="np"
+    )
+    batch = collator([{"input_ids": r} for r in rows])
+    width = batch["input_ids"].shape[1]
+    for i, row in enumerate(rows):
+        for view in (
+            collator.render(batch["input_ids"][i]),
+            sftmask.render(batch["input_ids"][i], hf, batch["labels"][i]),
+        ):
+            assert [t.id for t in view.tokens] == row, "the row's final EOS is not padding"
+            assert view.padding == width - len(row)

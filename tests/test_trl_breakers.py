@@ -14,8 +14,9 @@ import torch
 
 import sftmask
 from build_tokenizers import fixture_info
-from chat_formats import FORMATS, PLAIN, render, truth_for
+from chat_formats import FORMATS, PLAIN, render
 from conftest import load_hf_tokenizer, load_tokenizer
+from ground_truth import truth_for
 
 trl = pytest.importorskip("trl", reason="TRL 0.19.1 is the oracle; .ci/run installs it")
 

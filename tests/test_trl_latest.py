@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import sftmask
-from chat_formats import CHATML, render, truth_by_ids
+from chat_formats import CHATML, render
 from conftest import Recorder, load_hf_tokenizer, load_tokenizer, tiny_llama
+from ground_truth import truth_by_ids
 
 trl = pytest.importorskip("trl")
 transformers = pytest.importorskip("transformers")

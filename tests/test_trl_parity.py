@@ -3,8 +3,9 @@
 Hypothesis builds batches of ids from a small pool (so templates, partial templates, repeated
 occurrences and pad/eos ids are common), with templates planted, under every configuration:
 response-only or with an instruction template (as text or ids), padded or padding-free, left or
-right padding, pad == eos or not, `pad_to_multiple_of`, dict or list input. Keys, dtypes, shapes,
-values and the per-row warnings must be identical.
+right padding, pad == eos or not, `pad_to_multiple_of`, dict or list input, with or without
+per-token keys (`token_type_ids`, `special_tokens_mask`). Keys, dtypes, shapes, values and the
+per-row warnings must be identical.
 """
 
 from __future__ import annotations
@@ -123,6 +124,12 @@ def test_identical_to_trl(instruction, padding_free, data):
     # TRL's padding-free path needs the attention mask that only dict inputs get.
     as_dicts = padding_free or data.draw(st.booleans(), label="dict_input")
     examples = [{"input_ids": r, "attention_mask": [1] * len(r)} for r in rows] if as_dicts else rows
+    if as_dicts and data.draw(st.booleans(), label="per_token_keys"):
+        # Per-token keys TRL's parent pads (token_type_ids) or consumes (special_tokens_mask).
+        for e in examples:
+            n = len(e["input_ids"])
+            e["token_type_ids"] = data.draw(st.lists(st.integers(0, 1), min_size=n, max_size=n))
+            e["special_tokens_mask"] = data.draw(st.lists(st.integers(0, 1), min_size=n, max_size=n))
     trl_collator, our_collator = collators(response, instr, pad_is_eos, side, padding_free, multiple)
     try:
         theirs, their_warnings = user_warnings(lambda: trl_collator(examples))

@@ -10,8 +10,12 @@
 //! - `collate` fails iff some id is invalid, and then names the first bad row;
 //! - the searchable text: token spans are contiguous, each is the token's bytes or, for a
 //!   phantom space, the bytes without their leading space (never one without a phantom rule);
-//! - template occurrences, regions and labels equal a naive re-implementation of SPEC.md's rule
-//!   (leftmost-first non-overlapping search, response first at a tie; region rule; overlap rule);
+//! - template occurrences, regions and labels equal an independent byte-by-byte oracle of
+//!   the rule of docs/masking.md ([`naive_byte_rule`]: which template starts at each position, by slice
+//!   comparison; then a left-to-right walk that gives each byte its role);
+//! - `compat="trl"`: labels equal TRL 0.19.1's rule stated per position ([`naive_trl_labels`]),
+//!   and the found flags and trained counts agree with them;
+//! - `inspect` is deterministic;
 //! - `collate` writes exactly `inspect`'s labels for every row, pads by position (pad id,
 //!   `ignore_index`, attention 0), fills attention / positions / `cu_seq_lens`, masks the first
 //!   label of each packed row, and gives the same arrays on 1 and 2 threads;
@@ -21,7 +25,7 @@ use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use serde_json::{json, Map, Value};
-use sftmask::{Batch, BatchStats, Layout, Masker, PhantomScheme, RowIds, Template, TrainOn, Vocab};
+use sftmask::{Batch, Layout, Masker, PhantomScheme, RowIds, Stats, Template, TrainOn, Vocab};
 
 /// Characters that text pieces are drawn from: few, so templates occur often.
 const ALPHABET: &[char] = &['a', 'b', ' ', '\n', '<', '>', '|', 'é', '😀', '\u{301}'];
@@ -334,54 +338,139 @@ fn valid(vocab: &Vocab, id: i64) -> bool {
     u32::try_from(id).ok().and_then(|i| vocab.token_bytes(i)).is_some()
 }
 
-/// Leftmost-first, non-overlapping occurrences; at one position the response template wins,
-/// then the instruction templates in order.
-fn naive_occurrences(text: &[u8], response: &[u8], instructions: &[Vec<u8>]) -> Vec<(u32, u32, bool)> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < text.len() {
-        let hit = std::iter::once((response, true))
-            .chain(instructions.iter().map(|t| (t.as_slice(), false)))
-            .find(|(t, _)| text[pos..].starts_with(t));
-        match hit {
-            Some((t, is_response)) => {
-                out.push((pos as u32, (pos + t.len()) as u32, is_response));
-                pos += t.len();
-            }
-            None => pos += 1,
-        }
-    }
-    out
+/// What one byte of the searchable text is, for the oracle below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByteRole {
+    /// Part of a template occurrence (never trained).
+    Template,
+    /// Ordinary text after the `k`-th response occurrence of the row (counted from 0) and
+    /// before any later occurrence of either kind.
+    AfterResponse(usize),
+    /// Ordinary text before any response occurrence, or after an instruction occurrence.
+    Other,
 }
 
-fn naive_regions(occ: &[(u32, u32, bool)], len: u32, multi: bool, last: bool) -> Vec<(u32, u32)> {
-    let mut out = Vec::new();
-    if !multi {
-        if let Some(o) = occ.iter().rev().find(|o| o.2) {
-            out.push((o.1, len));
-        }
-    } else {
-        for (i, o) in occ.iter().enumerate() {
-            if o.2 {
-                out.push((o.1, occ.get(i + 1).map_or(len, |n| n.0)));
+/// The rule of docs/masking.md computed byte by byte, written independently of `src/search.rs` and
+/// `src/regions.rs`: first, at every position, which template (if any) starts there, by slice
+/// comparison (the response first, then the instructions in order); then a left-to-right walk
+/// that skips over each occurrence it takes (so occurrences never overlap) and gives every byte
+/// its role. Returns the occurrences taken and, per byte, whether it is in a trained region.
+fn naive_byte_rule(
+    text: &[u8],
+    response: &[u8],
+    instructions: &[Vec<u8>],
+    train_last: bool,
+) -> (Vec<(u32, u32, bool)>, Vec<bool>) {
+    let templates: Vec<(&[u8], bool)> = std::iter::once((response, true))
+        .chain(instructions.iter().map(|t| (t.as_slice(), false)))
+        .collect();
+    let starting_here: Vec<Option<(usize, bool)>> = (0..text.len())
+        .map(|p| {
+            templates
+                .iter()
+                .find(|(t, _)| !t.is_empty() && text.get(p..p + t.len()) == Some(*t))
+                .map(|(t, is_response)| (t.len(), *is_response))
+        })
+        .collect();
+    let mut occurrences = Vec::new();
+    let mut roles = vec![ByteRole::Other; text.len()];
+    let mut state = ByteRole::Other;
+    let mut responses = 0usize;
+    let mut p = 0usize;
+    while p < text.len() {
+        if let Some((len, is_response)) = starting_here[p] {
+            occurrences.push((p as u32, (p + len) as u32, is_response));
+            for role in &mut roles[p..p + len] {
+                *role = ByteRole::Template;
             }
-        }
-        if last && out.len() > 1 {
-            out.drain(..out.len() - 1);
-        }
-    }
-    out.retain(|(s, e)| e > s);
-    out
-}
-
-fn naive_trained(start: u32, end: u32, regions: &[(u32, u32)]) -> bool {
-    regions.iter().any(|&(rs, re)| {
-        if end > start {
-            start < re && end > rs
+            state = if is_response {
+                responses += 1;
+                ByteRole::AfterResponse(responses - 1)
+            } else {
+                ByteRole::Other
+            };
+            p += len;
         } else {
-            rs <= start && start < re
+            roles[p] = state;
+            p += 1;
         }
-    })
+    }
+    // Without instruction templates only the last answer is trained (TRL's rule); with them,
+    // every answer, or the last one under `train_on="last"`.
+    let only_last = instructions.is_empty() || train_last;
+    let trained = roles
+        .iter()
+        .map(|r| match r {
+            ByteRole::AfterResponse(k) => !only_last || *k + 1 == responses,
+            _ => false,
+        })
+        .collect();
+    (occurrences, trained)
+}
+
+/// Maximal runs of `true` as half-open ranges.
+fn runs(flags: &[bool]) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for (i, &f) in flags.iter().enumerate() {
+        match out.last_mut() {
+            Some((_, end)) if f && *end == i as u32 => *end += 1,
+            _ if f => out.push((i as u32, i as u32 + 1)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// TRL 0.19.1's rule for one row, stated per position from its documented behaviour (not from
+/// `src/trl.rs`'s fill loops): the labels start as the ids with the pad id replaced by -100, and
+/// templates are matched (overlaps allowed) in those labels.
+/// - Response template only: no match masks the row; else every position before the end of the
+///   last match is masked.
+/// - With an instruction template: no response match, or no instruction match, masks the row.
+///   Else, with `R` the response ends and `H` the instruction starts (with 0 put in front when
+///   `H` starts after `R`), position `i` is masked iff some pair `k < min(|H|, |R|)` has
+///   `start_k <= i < R[k]` (`start_0 = 0`), or `|R| < |H|` and `i >= H.last()`.
+fn naive_trl_labels(ids: &[i64], response: &[i64], instruction: Option<&[i64]>, pad: i64, ignore: i64) -> Vec<i64> {
+    let base: Vec<i64> = ids.iter().map(|&id| if id == pad { -100 } else { id }).collect();
+    let starts = |t: &[i64]| -> Vec<usize> {
+        (0..base.len())
+            .filter(|&p| !t.is_empty() && base.get(p..p + t.len()) == Some(t))
+            .collect()
+    };
+    let ends: Vec<usize> = starts(response).iter().map(|p| p + response.len()).collect();
+    let masked: Vec<bool> = match instruction {
+        None => match ends.last() {
+            None => vec![true; base.len()],
+            Some(&end) => (0..base.len()).map(|i| i < end).collect(),
+        },
+        Some(instruction) => {
+            let mut human = starts(instruction);
+            if ends.is_empty() || human.is_empty() {
+                vec![true; base.len()]
+            } else {
+                if human[0] > ends[0] {
+                    human.insert(0, 0);
+                }
+                let pairs = human.len().min(ends.len());
+                (0..base.len())
+                    .map(|i| {
+                        (0..pairs).any(|k| (if k == 0 { 0 } else { human[k] }) <= i && i < ends[k])
+                            || (ends.len() < human.len() && i >= *human.last().unwrap())
+                    })
+                    .collect()
+            }
+        }
+    };
+    base.iter()
+        .zip(&masked)
+        .map(|(&b, &m)| if m { ignore } else { b })
+        .collect()
+}
+
+/// Whether `pattern` occurs (overlaps allowed) in `ids` with the pad id read as -100.
+fn trl_found(ids: &[i64], pattern: &[i64], pad: i64) -> bool {
+    let base: Vec<i64> = ids.iter().map(|&id| if id == pad { -100 } else { id }).collect();
+    !pattern.is_empty() && base.windows(pattern.len()).any(|w| w == pattern)
 }
 
 /// How far a case got (for the stable driver's summary).
@@ -393,8 +482,38 @@ pub enum Outcome {
     NoMasker,
     /// Some id was invalid; collate refused it, naming the row.
     BadIds,
-    /// Collated and checked; `found` when some row had a response template.
-    Checked { found: bool, trl: bool, parallel: bool },
+    /// Collated and checked; `found` when some row had a response template, `trained` when
+    /// some label was trained.
+    Checked {
+        found: bool,
+        trained: bool,
+        trl: bool,
+        parallel: bool,
+    },
+}
+
+impl Outcome {
+    /// A short name, used as the file name of seed corpus inputs (`corpus-seed/collate/`), whose
+    /// replay checks that each input still reaches the outcome it was kept for.
+    pub fn slug(&self) -> String {
+        match *self {
+            Outcome::NoVocab => "no-vocab".into(),
+            Outcome::NoMasker => "no-masker".into(),
+            Outcome::BadIds => "bad-ids".into(),
+            Outcome::Checked {
+                found,
+                trained,
+                trl,
+                parallel,
+            } => format!(
+                "{}-{}{}{}",
+                if trl { "trl" } else { "exact" },
+                if found { "found" } else { "missing" },
+                if trained { "-trained" } else { "" },
+                if parallel { "-parallel" } else { "" }
+            ),
+        }
+    }
 }
 
 /// Builds the case and checks every invariant; panics (a fuzz crash) on a violation.
@@ -442,15 +561,23 @@ pub fn run_case(case: &Case) -> Outcome {
         .map(|(i, t)| template(t, ["a|", "<a", "é>"][i]))
         .collect();
     let pad = id_of(case.pad, size);
-    let masker = if trl {
+    // TRL mode: the template ids, kept for the TRL oracle.
+    let trl_templates = trl.then(|| {
         let ids = |t: &Template| match t {
             Template::Ids(ids) => ids.clone(),
             Template::Text(s) => s.bytes().map(|b| i64::from(b) % size as i64).collect(),
         };
+        TrlTemplates {
+            response: ids(&response),
+            instruction: instructions.first().map(ids),
+            pad,
+        }
+    });
+    let masker = if let Some(t) = &trl_templates {
         Masker::trl(
             Arc::clone(&vocab),
-            ids(&response),
-            instructions.first().map(ids),
+            t.response.clone(),
+            t.instruction.clone(),
             Some(pad),
             ignore_index,
         )
@@ -516,7 +643,7 @@ pub fn run_case(case: &Case) -> Outcome {
                     &response_bytes,
                     &instruction_bytes,
                     train_last,
-                    trl,
+                    trl_templates.as_ref(),
                 );
                 expected.push(Some(seen.labels));
             }
@@ -546,7 +673,7 @@ pub fn run_case(case: &Case) -> Outcome {
     } else {
         Layout::Padded { left, multiple_of }
     };
-    let run = |threads: usize, in_place: bool| -> (Batch, sftmask::Result<BatchStats>) {
+    let run = |threads: usize, in_place: bool| -> (Batch, sftmask::Result<Stats>) {
         let lengths = rows.iter().map(Vec::len).collect();
         let mut batch = Batch::new(lengths, layout, pad, masker.padding_label()).expect("batch");
         if in_place {
@@ -569,7 +696,7 @@ pub fn run_case(case: &Case) -> Outcome {
                 _ => RowIds::I64(r),
             })
             .collect();
-        let stats = masker.collate(&mut batch, &sources, threads);
+        let stats = masker.collate(&mut batch, &sources, &[], threads);
         (batch, stats)
     };
     let (batch, stats) = run(1, false);
@@ -582,7 +709,18 @@ pub fn run_case(case: &Case) -> Outcome {
         (None, Err(e)) => panic!("collate failed on valid ids: {e}"),
         (None, Ok(stats)) => {
             let expected: Vec<Vec<i64>> = expected.into_iter().map(Option::unwrap).collect();
-            check_batch(&batch, stats, &rows, &expected, &masker, pad, flat, left, multiple_of);
+            check_batch(
+                &batch,
+                stats,
+                &rows,
+                &expected,
+                &masker,
+                pad,
+                flat,
+                left,
+                multiple_of,
+                trl_templates.as_ref(),
+            );
             // Other sources and thread counts fill identical arrays.
             for (threads, in_place) in [(2, true), (if large { 3 } else { 2 }, false)] {
                 let (b2, s2) = run(threads, in_place);
@@ -595,11 +733,19 @@ pub fn run_case(case: &Case) -> Outcome {
             }
             Outcome::Checked {
                 found: stats.missing_rows.len() < rows.len(),
+                trained: stats.trained_tokens > 0,
                 trl,
                 parallel: large,
             }
         }
     }
+}
+
+/// The templates of a `compat="trl"` case, as the masker got them.
+struct TrlTemplates {
+    response: Vec<i64>,
+    instruction: Option<Vec<i64>>,
+    pad: i64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -611,7 +757,7 @@ fn check_inspection(
     response: &[u8],
     instructions: &[Vec<u8>],
     train_last: bool,
-    trl: bool,
+    trl: Option<&TrlTemplates>,
 ) {
     let ignore = masker.ignore_index();
     assert_eq!(seen.ends.len(), ids.len());
@@ -631,34 +777,53 @@ fn check_inspection(
     }
     for (&l, &id) in seen.labels.iter().zip(ids) {
         assert!(
-            l == id || l == ignore || (trl && l == -100),
+            l == id || l == ignore || (trl.is_some() && l == -100),
             "label {l} is neither {id} nor {ignore}"
         );
     }
-    if trl {
+    // The same ids give the same inspection.
+    let again = masker.inspect(ids).expect("inspect succeeded once");
+    assert_eq!(again.labels, seen.labels, "inspect is not deterministic");
+    assert_eq!(again.text, seen.text);
+    if let Some(t) = trl {
+        check_trl_row(ids, seen, t, ignore);
         return;
     }
-    let occ = naive_occurrences(&seen.text, response, instructions);
+    let (occ, in_region) = naive_byte_rule(&seen.text, response, instructions, train_last);
     let got: Vec<(u32, u32, bool)> = seen
         .occurrences
         .iter()
         .map(|o| (o.start, o.end, o.is_response))
         .collect();
     assert_eq!(got, occ, "occurrences in {:?}", String::from_utf8_lossy(&seen.text));
-    let regions = naive_regions(&occ, seen.text.len() as u32, !instructions.is_empty(), train_last);
-    assert_eq!(seen.regions, regions, "regions");
+    assert_eq!(
+        seen.regions,
+        runs(&in_region),
+        "regions in {:?}",
+        String::from_utf8_lossy(&seen.text)
+    );
     let mut start = 0u32;
     let mut trained = 0u64;
     for (i, (&id, &end)) in ids.iter().zip(&seen.ends).enumerate() {
-        let want = if naive_trained(start, end, &regions) {
+        let (s, e) = (start as usize, end as usize);
+        // Trained iff one of its bytes is in a region; a zero-width token iff the byte at its
+        // offset is.
+        let hit = if e > s {
+            in_region[s..e].iter().any(|&b| b)
+        } else {
+            in_region.get(s).copied().unwrap_or(false)
+        };
+        let want = if hit {
             trained += 1;
             id
         } else {
             ignore
         };
         assert_eq!(
-            seen.labels[i], want,
-            "token {i} span {start}..{end} regions {regions:?}"
+            seen.labels[i],
+            want,
+            "token {i} span {start}..{end} in {:?}",
+            String::from_utf8_lossy(&seen.text)
         );
         start = end;
     }
@@ -666,10 +831,38 @@ fn check_inspection(
     assert_eq!(seen.stats.found, occ.iter().any(|o| o.2));
 }
 
+/// `compat="trl"`: the labels are TRL's rule (see [`naive_trl_labels`]), and the row's counts and
+/// found flags agree with them.
+fn check_trl_row(ids: &[i64], seen: &sftmask::Inspection, t: &TrlTemplates, ignore: i64) {
+    let want = naive_trl_labels(ids, &t.response, t.instruction.as_deref(), t.pad, ignore);
+    assert_eq!(
+        seen.labels, want,
+        "TRL labels of {ids:?} (response {:?}, instruction {:?}, pad {})",
+        t.response, t.instruction, t.pad
+    );
+    let response_found = trl_found(ids, &t.response, t.pad);
+    assert_eq!(seen.stats.found, response_found, "TRL response found");
+    if let Some(ins) = &t.instruction {
+        // TRL searches the instruction in the labels after a row without a response was
+        // masked whole: then it is "found" only when it is made of ignore_index alone.
+        let instruction_found = if response_found {
+            trl_found(ids, ins, t.pad)
+        } else {
+            ins.len() <= ids.len() && ins.iter().all(|&id| id == ignore)
+        };
+        assert_eq!(seen.stats.instruction_found, instruction_found, "TRL instruction found");
+    } else {
+        assert!(seen.stats.instruction_found);
+    }
+    let trained = want.iter().filter(|&&l| l != ignore && l != -100).count() as u64;
+    assert_eq!(seen.stats.trained, trained, "TRL trained count");
+    assert!(seen.occurrences.is_empty() && seen.regions.is_empty());
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check_batch(
     batch: &Batch,
-    stats: &BatchStats,
+    stats: &Stats,
     rows: &[Vec<i64>],
     expected: &[Vec<i64>],
     masker: &Masker,
@@ -677,6 +870,7 @@ fn check_batch(
     flat: bool,
     left: bool,
     multiple_of: Option<usize>,
+    trl: Option<&TrlTemplates>,
 ) {
     let ignore = masker.ignore_index();
     let padding_label = masker.padding_label();
@@ -709,6 +903,13 @@ fn check_batch(
         let mut trained = 0u64;
         for (r, ids) in rows.iter().enumerate() {
             let off = if left { width - ids.len() } else { 0 };
+            // TRL masks the padded row: its rule, run on the padded ids, labels the padding
+            // (-100 from the parent, or ignore_index where a masked range covers it).
+            let padded_labels = trl.map(|t| {
+                let mut padded = vec![pad; width];
+                padded[off..off + ids.len()].copy_from_slice(ids);
+                naive_trl_labels(&padded, &t.response, t.instruction.as_deref(), t.pad, ignore)
+            });
             for c in 0..width {
                 let k = r * width + c;
                 if c >= off && c < off + ids.len() {
@@ -717,7 +918,8 @@ fn check_batch(
                     assert_eq!(batch.attention_mask[k], 1);
                 } else {
                     assert_eq!(batch.input_ids[k], pad, "padding holds the pad id");
-                    assert_eq!(batch.labels[k], padding_label, "padding is masked by position");
+                    let want = padded_labels.as_ref().map_or(padding_label, |l| l[c]);
+                    assert_eq!(batch.labels[k], want, "padding is masked by position");
                     assert_eq!(batch.attention_mask[k], 0);
                 }
             }
@@ -730,8 +932,25 @@ fn check_batch(
             }
         }
         if !masker.is_trl() && !rows.iter().flatten().any(|&id| id == ignore) {
-            assert_eq!(stats.trained, trained, "trained count");
+            assert_eq!(stats.trained_tokens, trained, "trained count");
         }
+    }
+    if masker.is_trl() {
+        // TRL mode counts a label as trained when it is neither ignore_index nor -100; a packed
+        // row's first label is masked after counting.
+        let counted = |l: i64| l != ignore && l != -100;
+        let trained: u64 = expected
+            .iter()
+            .map(|labels| {
+                let n = labels.iter().filter(|&&l| counted(l)).count() as u64;
+                n - u64::from(flat && labels.first().is_some_and(|&l| counted(l)))
+            })
+            .sum();
+        assert_eq!(stats.trained_tokens, trained, "TRL trained count");
+        let missing: Vec<usize> = (0..rows.len())
+            .filter(|&r| masker.inspect(&rows[r]).is_ok_and(|s| !s.stats.found))
+            .collect();
+        assert_eq!(stats.missing_rows, missing, "TRL rows without a response");
     }
 }
 

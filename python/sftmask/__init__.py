@@ -3,14 +3,31 @@
 A Rust drop-in for TRL's ``DataCollatorForCompletionOnlyLM``: change one import line.
 
 >>> from sftmask import DataCollatorForCompletionOnlyLM  # instead of: from trl import …
->>> collator = DataCollatorForCompletionOnlyLM(
-...     "<|start_header_id|>assistant<|end_header_id|>\\n\\n", tokenizer=tokenizer)  # doctest: +SKIP
+>>> collator = DataCollatorForCompletionOnlyLM("<|im_start|>assistant\\n", tokenizer=tokenizer)
+>>> collator.stats.rows
+0
 
 Also: ``ensure_pad_token`` (a pad token for Llama-3 without resizing), ``render`` (see a mask),
-``tokenize_and_mask`` (preprocess a dataset once), and the ``sftmask check`` command.
+``tokenize_and_mask`` (preprocess a dataset once), and the ``sftmask check`` command. Every error
+is a :class:`SftmaskError` (and a ``ValueError`` or ``TypeError``); errors about one example are
+:class:`RowError` with its ``row``.
 """
 
-from sftmask._core import Encoder, InternalError, Masker, TokenizerError, Vocab, __version__
+from sftmask._core import (
+    Encoder,
+    InternalError,
+    Masker,
+    MissingTemplateWarning,
+    OptionError,
+    OptionTypeError,
+    RowError,
+    RowTypeError,
+    SftmaskError,
+    Stats,
+    TokenizerError,
+    Vocab,
+    __version__,
+)
 from sftmask.collator import CollatorStats, DataCollatorForCompletionOnlyLM
 from sftmask.pad import ensure_pad_token
 from sftmask.preprocess import tokenize_and_mask
@@ -23,6 +40,13 @@ __all__ = [
     "InternalError",
     "MaskView",
     "Masker",
+    "MissingTemplateWarning",
+    "OptionError",
+    "OptionTypeError",
+    "RowError",
+    "RowTypeError",
+    "SftmaskError",
+    "Stats",
     "TokenizerError",
     "Vocab",
     "__version__",

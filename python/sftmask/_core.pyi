@@ -1,4 +1,8 @@
-"""The compiled core of sftmask (Rust, PyO3). Most users want ``sftmask.DataCollatorForCompletionOnlyLM``."""
+"""The compiled core of sftmask (Rust, PyO3). Most users want ``sftmask.DataCollatorForCompletionOnlyLM``.
+
+Signatures only: the docstrings live in one place, the Rust source (``src/python/*.rs``), and
+``help()`` shows them; ``tests/test_doctests.py`` runs their examples.
+"""
 
 import os
 from collections.abc import Iterable, Sequence
@@ -13,9 +17,17 @@ __all__ = [
     "Encoder",
     "InternalError",
     "Masker",
+    "MissingTemplateWarning",
+    "OptionError",
+    "OptionTypeError",
+    "RowError",
+    "RowTypeError",
+    "SftmaskError",
+    "Stats",
     "TokenizerError",
     "Vocab",
     "__version__",
+    "_stats_from_dict",
     "chat_regions",
     "render_chat",
     "tokenize_and_mask",
@@ -27,129 +39,123 @@ PARALLEL_MIN_TOKENS: Final[int]
 _Ids: TypeAlias = Sequence[int] | npt.NDArray[np.integer[Any]]
 _Template: TypeAlias = str | _Ids
 
-class TokenizerError(ValueError):
-    """The tokenizer cannot be read, or has no exact byte rule (e.g. an unknown decoder type)."""
+class SftmaskError(Exception):
+    row: int | None
+    position: int | None
+    reason: str | None
 
-class InternalError(RuntimeError):
-    """A bug in sftmask (a Rust panic was caught). Please report it with the input that caused it."""
+class RowError(SftmaskError, ValueError): ...
+class RowTypeError(RowError, TypeError): ...
+class OptionError(SftmaskError, ValueError): ...
+class OptionTypeError(OptionError, TypeError): ...
+class TokenizerError(SftmaskError, ValueError): ...
+class InternalError(SftmaskError, RuntimeError): ...
+class MissingTemplateWarning(UserWarning): ...
+
+@final
+class Stats:
+    def __new__(
+        cls,
+        *,
+        rows: int = 0,
+        tokens: int = 0,
+        trained_tokens: int = 0,
+        straddling_tokens: int = 0,
+        rows_without_template: int = 0,
+        rows_without_instruction_template: int = 0,
+        rows_without_trained_tokens: int = 0,
+        rows_truncated: int = 0,
+        missing_rows: Sequence[int] = ...,
+        missing_instruction_rows: Sequence[int] = ...,
+    ) -> Stats: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def trained_tokens(self) -> int: ...
+    @property
+    def straddling_tokens(self) -> int: ...
+    @property
+    def rows_without_template(self) -> int: ...
+    @property
+    def rows_without_instruction_template(self) -> int: ...
+    @property
+    def rows_without_trained_tokens(self) -> int: ...
+    @property
+    def rows_truncated(self) -> int: ...
+    @property
+    def missing_rows(self) -> list[int]: ...
+    @property
+    def missing_instruction_rows(self) -> list[int]: ...
+    @property
+    def trained_fraction(self) -> float: ...
+    @property
+    def examples(self) -> int: ...
+    def as_dict(self) -> dict[str, Any]: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]: ...
+
+def _stats_from_dict(fields: dict[str, Any]) -> Stats: ...
 
 @final
 class Vocab:
-    """The byte table of one tokenizer: for every token id, the exact bytes it stands for.
-
-    >>> vocab = Vocab.from_file("tokenizer.json")  # doctest: +SKIP
-    >>> vocab.token_bytes(128006)  # doctest: +SKIP
-    b'<|start_header_id|>'
-    """
-
     @staticmethod
-    def from_json(json: str) -> Vocab:
-        """Builds (or fetches from the cache) the table for the text of a tokenizer.json."""
-
+    def from_json(json: str) -> Vocab: ...
     @staticmethod
-    def from_file(path: str | os.PathLike[str]) -> Vocab:
-        """Builds (or fetches from the cache) the table for a tokenizer.json file."""
-
+    def from_file(path: str | os.PathLike[str]) -> Vocab: ...
     def __len__(self) -> int: ...
     @property
-    def decoding(self) -> Literal["byte_level", "sentencepiece", "wordpiece"]:
-        """How token strings map to bytes."""
-
+    def decoding(self) -> Literal["byte_level", "sentencepiece", "wordpiece"]: ...
     @property
-    def phantom(self) -> Literal["never", "first", "always"]:
-        """Where a phantom space is left out of the searchable text."""
-
+    def phantom(self) -> Literal["never", "first", "always"]: ...
     @property
-    def fingerprint(self) -> int:
-        """A stable hash of the tokenizer.json text."""
-
-    def token_bytes(self, id: int) -> bytes | None:
-        """The bytes ``id`` stands for (no phantom rule), or None for an unknown id."""
-
-    def token_id(self, content: str) -> int | None:
-        """The id of the token whose text is ``content`` (added/special tokens first), or None."""
-
-    def is_added(self, id: int) -> bool:
-        """``True`` when ``id`` is an added or special token (``<|eot_id|>``, ``<s>``, …).
-
-        >>> vocab.is_added(128009)  # doctest: +SKIP
-        True
-        """
-
-    def text(self, ids: _Ids) -> tuple[bytes, list[int]]:
-        """The searchable text of ``ids`` and the end offset of every token in it."""
-
-    def normalize(self, text: str) -> str:
-        """The tokenizer's content normalization (e.g. NFC) applied to ``text``."""
+    def fingerprint(self) -> int: ...
+    def token_bytes(self, id: int) -> bytes | None: ...
+    def token_id(self, content: str) -> int | None: ...
+    def is_added(self, id: int) -> bool: ...
+    def text(self, ids: _Ids) -> tuple[bytes, list[int]]: ...
+    def normalize(self, text: str) -> str: ...
 
 @final
 class Masker:
-    """Masks and collates batches for one tokenizer and one set of templates.
-
-    >>> masker = Masker(vocab, "<|im_start|>assistant\\n", ["<|im_start|>user\\n"])  # doctest: +SKIP
-    >>> arrays, stats = masker.collate([{"input_ids": ids}], pad_token_id=0)  # doctest: +SKIP
-    """
-
     def __new__(
         cls,
         vocab: Vocab,
-        response_template: _Template,
+        response_template: _Template | None = None,
         instruction_templates: Iterable[_Template] | None = None,
         *,
+        labels: Literal["mask", "keep"] = "mask",
+        compat: Literal["exact", "trl"] = "exact",
         ignore_index: int = -100,
         train_on: Literal["all", "last"] = "all",
-        compat: Literal["exact", "trl"] = "exact",
-        pad_token_id: int | None = None,
-    ) -> Masker: ...
-    @property
-    def response_template(self) -> bytes:
-        """The response template as bytes of the searchable text."""
-
-    @property
-    def instruction_templates(self) -> list[bytes]:
-        """The instruction templates as bytes of the searchable text."""
-
-    @property
-    def totals(self) -> tuple[int, int, int, int, int]:
-        """Totals since this masker was made: (rows, rows_without_template, tokens, trained, straddling)."""
-
-    def collate(
-        self,
-        examples: Iterable[Any],
-        *,
+        on_missing: Literal["warn", "error", "ignore"] = "warn",
         pad_token_id: int | None = None,
         padding_side: Literal["right", "left"] = "right",
-        pad_to_multiple_of: int | None = None,
         padding_free: bool = False,
+        pad_to_multiple_of: int | None = None,
         num_threads: int | None = None,
-    ) -> tuple[
-        dict[str, npt.NDArray[np.int64] | npt.NDArray[np.int32] | int], tuple[int, int, int, int, list[int], list[int]]
-    ]:
-        """Pads (or flattens) a batch and masks its labels.
-
-        Returns ``(arrays, (rows, tokens, trained, straddling, missing_rows, missing_instruction_rows))``.
-        """
-
-    def inspect(self, ids: _Ids) -> dict[str, Any]:
-        """Masks one example and returns what went into it (text, ends, regions, occurrences, labels, …)."""
+        pad_token_type_id: int = 0,
+    ) -> Masker: ...
+    @property
+    def response_template(self) -> bytes: ...
+    @property
+    def instruction_templates(self) -> list[bytes]: ...
+    @property
+    def totals(self) -> Stats: ...
+    def collate(
+        self, examples: Iterable[Any]
+    ) -> tuple[dict[str, npt.NDArray[np.int64] | npt.NDArray[np.int32] | int], Stats]: ...
+    def check_padding(self) -> None: ...
+    def inspect(self, ids: _Ids) -> dict[str, Any]: ...
 
 @final
 class Encoder:
-    """A tokenizer run in Rust (the ``tokenizers`` crate over the same tokenizer.json).
-
-    >>> enc = Encoder.from_json(open("tokenizer.json").read())  # doctest: +SKIP
-    >>> enc.encode_batch(["Hello"], add_special_tokens=False)  # doctest: +SKIP
-    [[9707]]
-    """
-
     @staticmethod
-    def from_json(json: str) -> Encoder:
-        """Loads a tokenizer from the text of a tokenizer.json."""
-
+    def from_json(json: str) -> Encoder: ...
     def encode_batch(
         self, texts: Sequence[str], *, add_special_tokens: bool = True, num_threads: int | None = None
-    ) -> list[list[int]]:
-        """Token ids of each text, in parallel and without the GIL."""
+    ) -> list[list[int]]: ...
 
 def tokenize_and_mask(
     texts: Sequence[str],
@@ -158,15 +164,9 @@ def tokenize_and_mask(
     *,
     add_special_tokens: bool = True,
     max_length: int | None = None,
-    num_threads: int | None = None,
-) -> tuple[list[list[int]], list[list[int]], tuple[int, int, int, list[int]]]:
-    """Tokenizes ``texts`` with ``encoder`` and masks each row with ``masker``, in parallel and without the GIL.
+) -> tuple[list[list[int]], list[list[int]], Stats]: ...
 
-    Returns ``(input_ids, labels, (tokens, trained, straddling, missing_rows))``.
-
-    >>> ids, labels, stats = tokenize_and_mask(["<|im_start|>user\\nHi<|im_end|>\\n"], enc, masker)  # doctest: +SKIP
-    """
-
+# Temporary test hooks for the chat renderer (src/python/chat.rs).
 def render_chat(
     template: str,
     conversations_json: str,
@@ -174,16 +174,7 @@ def render_chat(
     eos: str | None = None,
     add_generation_prompt: bool = False,
     kwargs_json: str = "{}",
-) -> list[tuple[str, str]]:
-    """Renders each conversation (JSON list of ``{"messages", "tools"}``) with a chat template, in Rust.
-
-    Temporary test hook. One ``(kind, text)`` per conversation, kind one of ``ok``, ``raised``,
-    ``unsupported``, ``limit``.
-
-    >>> render_chat("{{ messages[0].content }}", '[{"messages": [{"content": "hi"}]}]')  # doctest: +SKIP
-    [('ok', 'hi')]
-    """
-
+) -> list[tuple[str, str]]: ...
 def chat_regions(
     template: str,
     conversations_json: str,
@@ -191,12 +182,4 @@ def chat_regions(
     bos: str | None = None,
     eos: str | None = None,
     kwargs_json: str = "{}",
-) -> list[tuple[str, str, list[tuple[int, int, int, str | None]]]]:
-    """Renders each conversation and locates its assistant messages, in Rust.
-
-    Temporary test hook. One ``(kind, text, regions)`` per conversation; regions are
-    ``(message, start, end, marker)`` byte offsets into the UTF-8 text.
-
-    >>> chat_regions("{% for m in messages %}{{ m.content }}{% endfor %}", '[{"messages": []}]', [])  # doctest: +SKIP
-    [('ok', '', [])]
-    """
+) -> list[tuple[str, str, list[tuple[int, int, int, str | None]]]]: ...

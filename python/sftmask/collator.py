@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
 
 from sftmask import _tokenizer
-from sftmask._core import Masker
+from sftmask._core import Masker, MissingTemplateWarning, OptionError, OptionTypeError, Stats
 
 Template = Union[str, Sequence[int]]
 
@@ -26,25 +24,23 @@ _IGNORED_PARENT_FIELDS = (
     "whole_word_mask",
 )
 
+#: The old name of :class:`sftmask.Stats` (``collator.stats``); kept for one release.
+CollatorStats = Stats
 
-@dataclass(frozen=True)
-class CollatorStats:
-    """Totals over every batch a collator has made (``collator.stats``).
 
-    >>> collator.stats  # doctest: +SKIP
-    CollatorStats(examples=64, rows_without_template=0, tokens=51200, trained_tokens=20480, ...)
-    """
-
-    examples: int
-    rows_without_template: int
-    tokens: int
-    trained_tokens: int
-    straddling_tokens: int
-
-    @property
-    def trained_fraction(self) -> float:
-        """Trained tokens over all tokens (0.0 before the first batch)."""
-        return self.trained_tokens / self.tokens if self.tokens else 0.0
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if value is None:
+        return
+    if low == 1:
+        wanted = "a positive int" + (f" (at most {high})" if high < 2**63 - 1 else "")
+    else:
+        wanted = "an int that fits in int64"
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise OptionTypeError(f"{name} must be {wanted}, got {value!r}")
+    if not low <= value <= high:
+        raise OptionError(
+            f"{name} must be {wanted}, got {value!r}" if low == 1 else f"{name} must fit in int64, got {value!r}"
+        )
 
 
 def _is_id_sequence(obj: Any) -> bool:
@@ -65,12 +61,12 @@ def _instruction_list(instruction_template: Any) -> list[Template]:
         out = list(instruction_template)
         for t in out:
             if not (isinstance(t, str) or _is_id_sequence(t)):
-                raise TypeError(
+                raise OptionTypeError(
                     "instruction_template must be a str, a list of token ids, or a list of those; "
                     f"got an item of type {type(t).__name__}"
                 )
         return out
-    raise TypeError(f"instruction_template must be a str or a list, got {type(instruction_template).__name__}")
+    raise OptionTypeError(f"instruction_template must be a str or a list, got {type(instruction_template).__name__}")
 
 
 _torch = None
@@ -155,15 +151,15 @@ class DataCollatorForCompletionOnlyLM:
         # TRL passed *args/**kwargs to transformers' dataclass, whose first field is the tokenizer.
         if args:
             if "tokenizer" in kwargs:
-                raise TypeError("tokenizer given both positionally and as a keyword")
+                raise OptionTypeError("tokenizer given both positionally and as a keyword")
             kwargs["tokenizer"] = args[0]
             if len(args) > 1:
-                raise TypeError(
+                raise OptionTypeError(
                     "only the tokenizer may follow the templates positionally; pass other options by keyword"
                 )
         tokenizer = kwargs.pop("tokenizer", None)
         if tokenizer is None and hasattr(instruction_template, "backend_tokenizer"):
-            raise TypeError(
+            raise OptionTypeError(
                 "the tokenizer was passed as instruction_template (second positional argument); "
                 "pass tokenizer=… or use TRL's order: (response_template, instruction_template, tokenizer)"
             )
@@ -172,42 +168,23 @@ class DataCollatorForCompletionOnlyLM:
         for name in _IGNORED_PARENT_FIELDS:
             kwargs.pop(name, None)
         if kwargs:
-            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+            raise OptionTypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
         if mlm:
-            raise ValueError("mlm=True is not supported: completion-only masking is for causal LM training")
-        if compat not in ("exact", "trl"):
-            raise ValueError(f"compat must be 'exact' or 'trl', got {compat!r}")
-        if on_missing not in ("warn", "error", "ignore"):
-            raise ValueError(f"on_missing must be 'warn', 'error' or 'ignore', got {on_missing!r}")
+            raise OptionError("mlm=True is not supported: completion-only masking is for causal LM training")
         if return_tensors not in ("pt", "np"):
-            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
-        if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
-            raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
-        if num_threads is not None and (not isinstance(num_threads, int) or not 1 <= num_threads <= 4096):
-            raise ValueError(f"num_threads must be a positive int (at most 4096), got {num_threads!r}")
-        for name, value in (("ignore_index", ignore_index), ("pad_token_id", pad_token_id)):
-            if value is not None and not -(2**63) <= value < 2**63:
-                raise ValueError(f"{name} must fit in int64, got {value!r}")
-        if labels not in ("mask", "keep"):
-            raise ValueError(f"labels must be 'mask' or 'keep', got {labels!r}")
-        if labels == "keep" and compat != "exact":
-            raise ValueError("labels='keep' pads the labels it is given; compat='trl' computes them: pick one")
-        if response_template is None and labels == "mask":
-            raise TypeError("response_template is required (or pass labels='keep' to use the examples' own labels)")
+            raise OptionError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        # Python ints of the wrong type or range are refused here, with sftmask's words; string
+        # options (compat, labels, on_missing, train_on, padding_side) are parsed by the core.
+        _check_int("pad_to_multiple_of", pad_to_multiple_of, 1, 2**63 - 1)
+        _check_int("num_threads", num_threads, 1, 4096)
+        _check_int("ignore_index", ignore_index, -(2**63), 2**63 - 1)
+        _check_int("pad_token_id", pad_token_id, -(2**63), 2**63 - 1)
         if isinstance(response_template, str) and not response_template:
-            raise ValueError("response_template is empty")
+            raise OptionError("response_template is empty")
 
         info = _tokenizer.resolve(tokenizer)
         side = padding_side if padding_side is not None else info.padding_side
-        if side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
         pad = pad_token_id if pad_token_id is not None else info.pad_token_id
-        if pad is None and not padding_free:
-            raise ValueError(
-                "the tokenizer has no pad token, and padding needs one. Fix it with "
-                "sftmask.ensure_pad_token(tokenizer, model) (reuses a reserved token such as "
-                "Llama-3's <|finetune_right_pad_id|>), or pass pad_token_id=…, or use padding_free=True"
-            )
 
         self.tokenizer = tokenizer
         self.response_template = response_template
@@ -226,47 +203,50 @@ class DataCollatorForCompletionOnlyLM:
         self.eos_token_id = info.eos_token_id
         self.labels = labels
         self._vocab = info.vocab
-        self._kept_totals = [0, 0, 0, 0]  # labels="keep": rows, rows without trained labels, tokens, trained
-        self._kept_lock = threading.Lock()
-        self._masker: Masker | None
-        if labels == "keep" and response_template is None:
-            self._masker = None
-        elif compat == "trl":
-            self._masker = self._trl_masker(tokenizer, info, response_template, instruction_template, pad)
+        if compat == "trl" and labels == "mask":
+            response, instructions = self._trl_templates(tokenizer, info, response_template, instruction_template, pad)
         else:
-            self._masker = Masker(
-                info.vocab,
-                response_template,
-                _instruction_list(instruction_template),
-                ignore_index=ignore_index,
-                train_on=train_on,
-            )
+            response, instructions = response_template, _instruction_list(instruction_template)
+        self._masker = Masker(
+            info.vocab,
+            response,
+            instructions,
+            labels=labels,
+            compat=compat,
+            ignore_index=ignore_index,
+            train_on=train_on,
+            on_missing=on_missing,
+            pad_token_id=pad,
+            padding_side=side,
+            padding_free=padding_free,
+            pad_to_multiple_of=pad_to_multiple_of,
+            num_threads=num_threads,
+            pad_token_type_id=getattr(tokenizer, "pad_token_type_id", 0) or 0,
+        )
+        self._masker.check_padding()
 
-    def _trl_masker(self, tokenizer: Any, info: Any, response: Any, instruction: Any, pad: Any) -> Masker:
+    def _trl_templates(self, tokenizer: Any, info: Any, response: Any, instruction: Any, pad: Any) -> tuple[Any, Any]:
         """TRL tokenizes string templates alone (no special tokens) and searches those ids."""
+        if response is None:
+            return None, None  # the core names the missing template
         if instruction is not None and not (isinstance(instruction, str) or _is_id_sequence(instruction)):
-            raise TypeError("compat='trl' takes one instruction template (a str or token ids), as TRL 0.19.1 does")
+            raise OptionTypeError(
+                "compat='trl' takes one instruction template (a str or token ids), as TRL 0.19.1 does"
+            )
         if instruction is not None and pad is not None and pad == info.eos_token_id:
             warnings.warn(
                 "The pad_token_id and eos_token_id values of this tokenizer are identical. If you are planning for "
                 "multi-turn training, it can result in the model continuously generating questions and answers "
                 "without eos token. To avoid this, set the pad_token_id to a different value.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         encode = _tokenizer.template_encoder(tokenizer, info)
         response_ids = encode(response) if isinstance(response, str) else list(response)
         instruction_ids = None
         if instruction is not None:
             instruction_ids = [encode(instruction) if isinstance(instruction, str) else list(instruction)]
-        return Masker(
-            info.vocab,
-            response_ids,
-            instruction_ids,
-            ignore_index=self.ignore_index,
-            compat="trl",
-            pad_token_id=pad,
-        )
+        return response_ids, instruction_ids
 
     # -- calling -----------------------------------------------------------------------------
 
@@ -274,42 +254,16 @@ class DataCollatorForCompletionOnlyLM:
         """Collates ``examples`` (dicts with ``input_ids``, or id sequences) into a batch."""
         rt = return_tensors or self.return_tensors
         if rt not in ("pt", "np"):
-            raise ValueError(f"return_tensors must be 'pt' or 'np', got {rt!r}")
-        if self.labels == "keep":
-            return self._call_kept(examples, rt)
+            raise OptionError(f"return_tensors must be 'pt' or 'np', got {rt!r}")
         if self.compat == "trl" and not isinstance(examples, list):
             examples = list(examples)
-        arrays, (rows, _tokens, _trained, _straddling, missing, missing_instruction) = self._masker.collate(
-            examples,
-            pad_token_id=self.pad_token_id,
-            padding_side=self.padding_side,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            padding_free=self.padding_free,
-            num_threads=self.num_threads,
-        )
+        arrays, stats = self._masker.collate(examples)
         if self.compat == "trl":
             arrays = self._trl_shapes(arrays, examples)
-            if (missing or missing_instruction) and self.on_missing != "ignore":
-                self._report_missing_trl(missing, missing_instruction, examples)
-        elif missing and self.on_missing != "ignore":
-            self._report_missing(missing, rows)
-        return _to_torch(arrays) if rt == "pt" else arrays
-
-    def _call_kept(self, examples: Sequence[Any], rt: str) -> dict[str, Any]:
-        """``labels="keep"``: pad or flatten the examples' own labels."""
-        from sftmask._keep import collate_kept
-
-        arrays, counts = collate_kept(
-            examples,
-            pad_token_id=self.pad_token_id,
-            padding_side=self.padding_side,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            padding_free=self.padding_free,
-            ignore_index=self.ignore_index,
-            vocab_size=len(self._vocab),
-        )
-        with self._kept_lock:
-            self._kept_totals = [a + b for a, b in zip(self._kept_totals, counts)]
+            if (stats.missing_rows or stats.missing_instruction_rows) and self.on_missing == "warn":
+                self._report_missing_trl(stats.missing_rows, stats.missing_instruction_rows, examples)
+        elif self.labels == "mask" and stats.missing_rows and self.on_missing == "warn":
+            self._report_missing(stats.missing_rows, stats.rows)
         return _to_torch(arrays) if rt == "pt" else arrays
 
     def _trl_shapes(self, arrays: dict[str, Any], examples: list[Any]) -> dict[str, Any]:
@@ -327,8 +281,6 @@ class DataCollatorForCompletionOnlyLM:
     def _report_missing_trl(self, missing: list[int], missing_instruction: list[int], examples: list[Any]) -> None:
         """TRL's per-row warnings, in its order and words (the text is the padded row, decoded)."""
         rows = sorted(set(missing) | set(missing_instruction))
-        if self.on_missing == "error":
-            raise ValueError(f"row {rows[0]}: template not found (compat='trl')")
         texts = _tokenizer.decode_padded_rows(self, examples, rows)
         for i in rows:
             if i in missing:
@@ -357,34 +309,22 @@ class DataCollatorForCompletionOnlyLM:
         return self(examples, return_tensors="np")
 
     def _report_missing(self, missing: list[int], rows: int) -> None:
-        template = self.response_template
-        if self.on_missing == "error":
-            raise ValueError(
-                f"row {missing[0]}: response template {template!r} not found "
-                f"({len(missing)} of {rows} rows in this batch lack it); check the template, "
-                "or whether truncation (max_length) cut it off"
-            )
         shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
         warnings.warn(
-            f"{len(missing)} of {rows} examples in this batch have no response template {template!r} "
+            f"{len(missing)} of {rows} examples in this batch have no response template {self.response_template!r} "
             f"(rows {shown}); all their labels are {self.ignore_index}, so they do not train. "
             "If this happens often, check the template or increase max_length.",
-            UserWarning,
+            MissingTemplateWarning,
             stacklevel=3,
         )
 
     # -- inspection --------------------------------------------------------------------------
 
     @property
-    def stats(self) -> CollatorStats:
-        """Totals over every batch this collator has made."""
-        if self.labels == "keep":
-            # Rows "without a template" are those whose given labels train nothing.
-            rows, missing, tokens, trained = self._kept_totals
-            return CollatorStats(rows, missing, tokens, trained, 0)
-        assert self._masker is not None
-        rows, missing, tokens, trained, straddling = self._masker.totals
-        return CollatorStats(rows, missing, tokens, trained, straddling)
+    def stats(self) -> Stats:
+        """Totals over every batch this collator has made (under ``labels="keep"``,
+        ``rows_without_template`` counts rows whose given labels train nothing)."""
+        return self._masker.totals
 
     def trained_text(self, example: Any) -> list[str]:
         """The trained parts of one example, as strings (for assertions in tests).

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sftmask import _tokenizer
-from sftmask._core import Encoder, Masker
+from sftmask._core import Encoder, Masker, MissingTemplateWarning, OptionError, OptionTypeError
 from sftmask._core import tokenize_and_mask as _tokenize_and_mask
+from sftmask._errors import row_error
 
 # Parsing a tokenizer.json costs ~0.1 s: remember the Encoder per tokenizer object (weakly where
 # the object allows it, by identity otherwise) and per path, so a `datasets.map` worker pays it
@@ -34,7 +35,7 @@ def _tokenizer_json(tokenizer: Any) -> str:
         return backend.to_str()
     info = _tokenizer.resolve(tokenizer)
     if info.json is None:  # pragma: no cover - resolve() reads the file for a path
-        raise TypeError(f"cannot read the tokenizer.json of {type(tokenizer).__name__}")
+        raise OptionTypeError(f"cannot read the tokenizer.json of {type(tokenizer).__name__}")
     return info.json
 
 
@@ -67,10 +68,19 @@ def _encoder(tokenizer: Any) -> Encoder:
 
 
 def _template_key(template: Any) -> Any:
-    return template if isinstance(template, str) else tuple(int(i) for i in template)
+    if isinstance(template, str):
+        return template
+    try:
+        return tuple(int(i) for i in template)
+    except (TypeError, ValueError):
+        raise OptionTypeError(
+            f"a template must be a str or a sequence of token ids, got {type(template).__name__}"
+        ) from None
 
 
-def _masker(vocab: Any, response: Any, instructions: list[Any], ignore_index: int, train_on: str) -> Masker:
+def _masker(
+    vocab: Any, response: Any, instructions: list[Any], ignore_index: int, train_on: str, on_missing: str, threads: Any
+) -> Masker:
     key = (
         vocab.fingerprint,
         len(vocab),
@@ -78,12 +88,22 @@ def _masker(vocab: Any, response: Any, instructions: list[Any], ignore_index: in
         tuple(_template_key(t) for t in instructions),
         ignore_index,
         train_on,
+        on_missing,
+        threads,
     )
     with _lock:
         hit = _maskers.get(key)
     if hit is not None:
         return hit
-    masker = Masker(vocab, response, instructions, ignore_index=ignore_index, train_on=train_on)
+    masker = Masker(
+        vocab,
+        response,
+        instructions,
+        ignore_index=ignore_index,
+        train_on=train_on,
+        on_missing=on_missing,
+        num_threads=threads,
+    )
     with _lock:
         if len(_maskers) >= _CACHE_SIZE:
             _maskers.pop(next(iter(_maskers)))
@@ -100,7 +120,7 @@ def _is_conversation(item: Any) -> bool:
 def _texts(rows: Any, tokenizer: Any) -> tuple[list[str], bool]:
     """The rows as texts, and whether they were rendered from messages."""
     if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
-        raise TypeError(
+        raise OptionTypeError(
             "texts_or_messages must be a list of strings or a list of conversations (lists of "
             f"{{'role', 'content'}} dicts), got {type(rows).__name__}; wrap a single one in a list"
         )
@@ -110,19 +130,21 @@ def _texts(rows: Any, tokenizer: Any) -> tuple[list[str], bool]:
             try:
                 r.encode("utf-8")
             except UnicodeEncodeError as e:  # a lone surrogate: no tokenizer can read it
-                raise ValueError(f"row {i}: the text is not valid Unicode ({e.reason} at {e.start})") from None
+                raise row_error(i, f"the text is not valid Unicode ({e.reason} at {e.start})") from None
         return rows, False
     if all(_is_conversation(r) for r in rows):
         if not hasattr(tokenizer, "apply_chat_template") or not getattr(tokenizer, "chat_template", None):
-            raise TypeError(
+            raise OptionTypeError(
                 "messages are rendered with the tokenizer's chat template: pass a transformers tokenizer "
                 "that has one (tokenizer.chat_template), or pass the rendered texts"
             )
         return list(tokenizer.apply_chat_template(rows, tokenize=False)), True
     bad = next(i for i, r in enumerate(rows) if not isinstance(r, str) and not _is_conversation(r))
-    raise TypeError(
-        f"row {bad}: expected a string or a conversation (a list of {{'role', 'content'}} dicts), "
-        f"got {type(rows[bad]).__name__}; all rows must be of one kind"
+    raise row_error(
+        bad,
+        "expected a string or a conversation (a list of {'role', 'content'} dicts), "
+        f"got {type(rows[bad]).__name__}; all rows must be of one kind",
+        type_error=True,
     )
 
 
@@ -138,7 +160,8 @@ def tokenize_and_mask(
     ignore_index: int = -100,
     on_missing: str = "warn",
     num_threads: int | None = None,
-) -> dict[str, list[list[int]]]:
+    return_stats: bool = False,
+) -> Any:
     """Tokenizes rows and computes their labels in one pass (Rust, in parallel, without the GIL).
 
     The labels follow the collator's rule (``DataCollatorForCompletionOnlyLM``); train with
@@ -167,44 +190,43 @@ def tokenize_and_mask(
         on_missing: a row without a response template: ``"warn"`` (one warning per call),
             ``"error"`` or ``"ignore"``.
         num_threads: threads to use (default: ``RAYON_NUM_THREADS`` or all CPUs).
+        return_stats: also return the call's :class:`sftmask.Stats` (rows without a template,
+            truncated rows, trained tokens, …).
 
     Returns:
-        ``{"input_ids": [[…], …], "labels": [[…], …]}``, one entry per row.
+        ``{"input_ids": [[…], …], "labels": [[…], …]}``, one entry per row; with
+        ``return_stats=True``, ``(that dict, stats)``.
     """
-    from sftmask.collator import _instruction_list
+    from sftmask.collator import _check_int, _instruction_list
 
-    if on_missing not in ("warn", "error", "ignore"):
-        raise ValueError(f"on_missing must be 'warn', 'error' or 'ignore', got {on_missing!r}")
-    if train_on not in ("all", "last"):
-        raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
-        raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+    _check_int("max_length", max_length, 1, 2**63 - 1)
+    _check_int("num_threads", num_threads, 1, 4096)
     if isinstance(response_template, str) and not response_template:
-        raise ValueError("response_template is empty")
+        raise OptionError("response_template is empty")
     texts, from_messages = _texts(texts_or_messages, tokenizer)
     info = _tokenizer.resolve(tokenizer)
-    masker = _masker(info.vocab, response_template, _instruction_list(instruction_template), ignore_index, train_on)
+    masker = _masker(
+        info.vocab,
+        response_template,
+        _instruction_list(instruction_template),
+        ignore_index,
+        train_on,
+        on_missing,
+        num_threads,
+    )
     if add_special_tokens is None:
         add_special_tokens = not from_messages
-    input_ids, labels, (_tokens, _trained, _straddling, missing) = _tokenize_and_mask(
-        texts,
-        _encoder(tokenizer),
-        masker,
-        add_special_tokens=add_special_tokens,
-        max_length=max_length,
-        num_threads=num_threads,
+    input_ids, labels, stats = _tokenize_and_mask(
+        texts, _encoder(tokenizer), masker, add_special_tokens=add_special_tokens, max_length=max_length
     )
-    if missing and on_missing != "ignore":
+    missing = stats.missing_rows
+    if missing and on_missing == "warn":
         shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
-        if on_missing == "error":
-            raise ValueError(
-                f"row {missing[0]}: response template {response_template!r} not found ({len(missing)} of "
-                f"{len(texts)} rows lack it); check the template, or whether max_length cut it off"
-            )
         warnings.warn(
             f"{len(missing)} of {len(texts)} rows have no response template {response_template!r} (rows {shown}); "
             f"all their labels are {ignore_index}. Check the template or increase max_length.",
-            UserWarning,
+            MissingTemplateWarning,
             stacklevel=2,
         )
-    return {"input_ids": input_ids, "labels": labels}
+    out = {"input_ids": input_ids, "labels": labels}
+    return (out, stats) if return_stats else out

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftmask import _tokenizer
+from sftmask._core import OptionError, OptionTypeError
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,12 @@ def _as_list(x: Any, what: str) -> list[int]:
     if hasattr(x, "tolist"):
         x = x.tolist()
     if isinstance(x, (str, bytes)) or not isinstance(x, Sequence):
-        raise TypeError(f"{what} must be a 1-D sequence of ints, got {type(x).__name__}")
+        raise OptionTypeError(f"{what} must be a 1-D sequence of ints, got {type(x).__name__}")
     if x and isinstance(x[0], (list, tuple)):
-        raise ValueError(f"{what} must be one row (1-D), got a batch: pass batch[...][i]")
+        raise OptionError(f"{what} must be one row (1-D), got a batch: pass batch[...][i]")
+    bad = next((v for v in x if isinstance(v, bool) or (not isinstance(v, int) and not hasattr(v, "__index__"))), None)
+    if bad is not None:
+        raise OptionTypeError(f"{what} must hold ints, got {type(bad).__name__}")
     return [int(v) for v in x]
 
 
@@ -53,7 +57,9 @@ def _spans(ends: list[int]) -> list[tuple[int, int]]:
     return list(zip(starts, ends))
 
 
-def _build(vocab: Any, ids: list[int], text: bytes, ends: list[int], labels: list[int], ignore_index: int) -> MaskView:
+def _build(
+    vocab: Any, ids: list[int], text: bytes, ends: list[int], labels: list[int], ignore_index: int, padding: int = 0
+) -> MaskView:
     tokens = []
     for i, (s, e), label in zip(ids, _spans(ends), labels):
         raw = text[s:e]
@@ -67,67 +73,171 @@ def _build(vocab: Any, ids: list[int], text: bytes, ends: list[int], labels: lis
                 raw=raw,
             )
         )
-    return MaskView(tokens)
+    return MaskView(tokens, padding=padding)
 
 
-def render(example: Any, tokenizer: Any, labels: Any = None, *, ignore_index: int = -100) -> MaskView:
+def _unpadded(
+    ids: list[int],
+    labels: list[int] | None,
+    pad_token_id: int | None,
+    eos_token_id: int | None,
+    padding_side: str,
+    ignore_index: int,
+) -> tuple[int, int]:
+    """``(start, end)`` of a row of a padded batch without its padding, found by position: the run
+    of ``pad_token_id`` on the padding side whose labels (when given) are masked. When pad == EOS,
+    the first pad of a right-side run is the row's own EOS and stays (unless the row's EOS is
+    trained, and so not part of the run).
+
+    >>> _unpadded([5, 6, 0, 0], [5, 6, -100, -100], 0, 2, "right", -100)
+    (0, 2)
+    >>> _unpadded([0, 0, 5, 2], None, 0, 2, "left", -100)
+    (2, 4)
+    >>> _unpadded([5, 2, 2, 2], [-100, -100, -100, -100], 2, 2, "right", -100)  # pad == EOS
+    (0, 2)
+    >>> _unpadded([5, 2, 2, 2], [5, 2, -100, -100], 2, 2, "right", -100)  # the EOS is trained
+    (0, 2)
+    """
+    start, end = 0, len(ids)
+    if pad_token_id is None:
+        return start, end
+
+    def is_pad(k: int) -> bool:
+        return ids[k] == pad_token_id and (labels is None or labels[k] == ignore_index)
+
+    if padding_side == "left":
+        while start < end and is_pad(start):
+            start += 1
+    else:
+        while end > start and is_pad(end - 1):
+            end -= 1
+        # pad == EOS: unless a trained EOS ended the run, its first token is the row's own EOS.
+        if pad_token_id == eos_token_id and end < len(ids) and (end == 0 or ids[end - 1] != eos_token_id):
+            end += 1
+    return start, end
+
+
+def render(
+    example: Any, tokenizer: Any, labels: Any = None, *, ignore_index: int = -100, attention_mask: Any = None
+) -> MaskView:
     """Shows one row with the labels given: trained tokens (label ≠ ``ignore_index``) highlighted.
 
-    Works for labels from anywhere (TRL, your own preprocessing, ``tokenize_and_mask``).
+    Works for labels from anywhere (TRL, your own preprocessing, ``tokenize_and_mask``). Padding
+    is left out of the view and of its trained share: the positions where ``attention_mask`` is 0
+    when there is one (an argument, or ``example["attention_mask"]``), else the run of the
+    tokenizer's pad token on its padding side whose labels are masked.
 
     >>> batch = collator(examples)  # doctest: +SKIP
     >>> sftmask.render(batch["input_ids"][0], tokenizer, batch["labels"][0])  # doctest: +SKIP
+    MaskView(23 tokens, 26% trained; 9 padding positions left out)
     >>> sftmask.render({"input_ids": ids, "labels": labels}, tokenizer).trained_text()  # doctest: +SKIP
     ['Paris.<|eot_id|>']
 
     Args:
         example: one row of token ids (list, numpy array, torch tensor), or a mapping with
-            ``input_ids`` (and ``labels``, and ``attention_mask``: padding is then left out).
+            ``input_ids`` (and ``labels``, and ``attention_mask``).
         tokenizer: what the collator accepts (transformers fast tokenizer, ``tokenizers.Tokenizer``,
             path to ``tokenizer.json`` or its folder).
         labels: the row's labels, one per token; taken from ``example["labels"]`` when omitted.
         ignore_index: the label of masked tokens.
+        attention_mask: the row's attention mask: positions where it is 0 are padding.
     """
-    return _render_row(_tokenizer.resolve(tokenizer).vocab, example, labels, ignore_index)
+    info = _tokenizer.resolve(tokenizer)
+    return _render_row(
+        info.vocab,
+        example,
+        labels,
+        ignore_index,
+        attention_mask=attention_mask,
+        pad_token_id=info.pad_token_id,
+        eos_token_id=info.eos_token_id,
+        padding_side=info.padding_side,
+    )
 
 
-def _render_row(vocab: Any, example: Any, labels: Any, ignore_index: int) -> MaskView:
-    keep = None
+def _keep_mask(example: Any, attention_mask: Any, n: int) -> list[bool] | None:
+    """The row's attention mask as booleans (``None`` when there is none)."""
+    if attention_mask is None and isinstance(example, Mapping):
+        attention_mask = example.get("attention_mask")
+    if attention_mask is None:
+        return None
+    keep = [bool(m) for m in _as_list(attention_mask, "attention_mask")]
+    if len(keep) != n:
+        raise OptionError(f"attention_mask has {len(keep)} entries for {n} tokens")
+    return keep
+
+
+def _render_row(
+    vocab: Any,
+    example: Any,
+    labels: Any,
+    ignore_index: int,
+    *,
+    attention_mask: Any = None,
+    pad_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    padding_side: str = "right",
+) -> MaskView:
+    source = example
     if isinstance(example, Mapping):
         if "input_ids" not in example:
-            raise ValueError("the example has no 'input_ids' key")
+            raise OptionError("the example has no 'input_ids' key")
         if labels is None:
             if "labels" not in example:
-                raise ValueError("no labels: pass labels=… or an example with a 'labels' key")
+                raise OptionError("no labels: pass labels=… or an example with a 'labels' key")
             labels = example["labels"]
-        if example.get("attention_mask") is not None:
-            keep = [bool(m) for m in _as_list(example["attention_mask"], "attention_mask")]
         example = example["input_ids"]
     elif labels is None:
-        raise ValueError("no labels: pass labels=… (e.g. batch['labels'][i])")
+        raise OptionError("no labels: pass labels=… (e.g. batch['labels'][i])")
     ids = _as_list(example, "input_ids")
     label_list = _as_list(labels, "labels")
     if len(label_list) != len(ids):
-        raise ValueError(f"labels has {len(label_list)} entries for {len(ids)} tokens")
+        raise OptionError(f"labels has {len(label_list)} entries for {len(ids)} tokens")
+    width = len(ids)
+    keep = _keep_mask(source, attention_mask, width)
     if keep is not None:
-        if len(keep) != len(ids):
-            raise ValueError(f"attention_mask has {len(keep)} entries for {len(ids)} tokens")
         ids = [i for i, k in zip(ids, keep) if k]
         label_list = [lab for lab, k in zip(label_list, keep) if k]
+    else:
+        start, end = _unpadded(ids, label_list, pad_token_id, eos_token_id, padding_side, ignore_index)
+        ids, label_list = ids[start:end], label_list[start:end]
     text, ends = vocab.text(ids)
-    return _build(vocab, ids, text, ends, label_list, ignore_index)
+    return _build(vocab, ids, text, ends, label_list, ignore_index, padding=width - len(ids))
 
 
 def render_collated(collator: Any, example: Any) -> MaskView:
-    """One example as ``collator`` labels it (``collator.render``)."""
+    """One example as ``collator`` labels it (``collator.render``); a row of a padded batch is
+    shown without its padding (``attention_mask``, or the collator's pad token on its side)."""
+    pad = getattr(collator, "pad_token_id", None)
+    eos = getattr(collator, "eos_token_id", None)
+    side = getattr(collator, "padding_side", "right")
     if getattr(collator, "labels", "mask") == "keep":
-        return _render_row(collator._vocab, example, None, collator.ignore_index)
-    ids = example["input_ids"] if isinstance(example, Mapping) else example
-    return render_masked(collator._masker, collator._vocab, ids, collator.ignore_index)
+        return _render_row(
+            collator._vocab,
+            example,
+            None,
+            collator.ignore_index,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            padding_side=side,
+        )
+    if isinstance(example, Mapping) and "input_ids" not in example:
+        raise OptionError("the example has no 'input_ids' key")
+    ids = _as_list(example["input_ids"] if isinstance(example, Mapping) else example, "input_ids")
+    keep = _keep_mask(example, None, len(ids))
+    if keep is not None:
+        row = [i for i, k in zip(ids, keep) if k]
+    else:
+        start, end = _unpadded(ids, None, pad, eos, side, collator.ignore_index)
+        row = ids[start:end]
+    view = render_masked(collator._masker, collator._vocab, row, collator.ignore_index)
+    view.padding = len(ids) - len(row)
+    return view
 
 
 def render_masked(masker: Any, vocab: Any, ids: Any, ignore_index: int) -> MaskView:
-    """One row of ids as ``masker`` (a ``sftmask.Masker``) labels it."""
+    """One row of ids as ``masker`` (a ``sftmask.Masker``) labels it: the one call into the
+    extension's ``Masker.inspect`` for rendering."""
     seen = masker.inspect(ids)
     return _build(vocab, _as_list(ids, "input_ids"), seen["text"], seen["ends"], seen["labels"].tolist(), ignore_index)
 
@@ -139,6 +249,31 @@ def trained_text(collator: Any, example: Any) -> list[str]:
     ['The capital is Paris.<|im_end|>']
     """
     return render_collated(collator, example).trained_text()
+
+
+def use_colour() -> bool:
+    """Whether ``print(view)`` shows ANSI colours: stdout is a terminal and ``NO_COLOR`` is unset."""
+    return sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
+
+
+def legend(colour: bool | None = None) -> str:
+    """What the marks of ``print(view)`` mean, in the same style (``colour``: default
+    :func:`use_colour`), for a header above printed views.
+
+    >>> legend(colour=False)
+    '[[…]] = trained'
+    """
+    if colour if colour is not None else use_colour():
+        return (
+            f"{_ANSI_TRAINED}bold green{_ANSI_RESET} = trained, {_ANSI_MASKED}dim{_ANSI_RESET} = masked, "
+            f"{_ANSI_MASKED_SPECIAL}magenta{_ANSI_RESET} or {_ANSI_TRAINED_SPECIAL}underlined{_ANSI_RESET} "
+            "= special token"
+        )
+    return "[[…]] = trained"
+
+
+_ANSI_TRAINED, _ANSI_TRAINED_SPECIAL = "\x1b[1;32m", "\x1b[1;32;4m"
+_ANSI_MASKED, _ANSI_MASKED_SPECIAL, _ANSI_RESET = "\x1b[2m", "\x1b[2;35m", "\x1b[0m"
 
 
 # Whitespace made visible in HTML; each marker is styled apart from text that looks the same.
@@ -207,8 +342,10 @@ class MaskView:
     <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n[[Hello!<|im_end|>]]
     """
 
-    def __init__(self, tokens: list[Token]):
+    def __init__(self, tokens: list[Token], padding: int = 0):
         self.tokens = tokens
+        #: Padding positions of the row that were left out of the view.
+        self.padding = padding
 
     @property
     def trained_fraction(self) -> float:
@@ -253,18 +390,18 @@ class MaskView:
         out = []
         for t in self.tokens:
             if t.trained:
-                style = "\x1b[1;32m" if not t.special else "\x1b[1;32;4m"
+                style = _ANSI_TRAINED_SPECIAL if t.special else _ANSI_TRAINED
             else:
-                style = "\x1b[2m" if not t.special else "\x1b[2;35m"
-            out.append(f"{style}{t.text.replace(chr(10), chr(0x21B5) + chr(10))}\x1b[0m")
+                style = _ANSI_MASKED_SPECIAL if t.special else _ANSI_MASKED
+            out.append(f"{style}{t.text.replace(chr(10), chr(0x21B5) + chr(10))}{_ANSI_RESET}")
         return "".join(out)
 
     def __str__(self) -> str:
-        use_colour = sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
-        return self.ansi() if use_colour else self.plain()
+        return self.ansi() if use_colour() else self.plain()
 
     def __repr__(self) -> str:
-        return f"MaskView({len(self.tokens)} tokens, {self.trained_fraction:.0%} trained)"
+        padding = f"; {self.padding} padding positions left out" if self.padding else ""
+        return f"MaskView({len(self.tokens)} tokens, {self.trained_fraction:.0%} trained{padding})"
 
     def _repr_html_(self) -> str:
         return self.html()
@@ -302,7 +439,9 @@ class MaskView:
             '<span class="sm-ws">\u00b7</span> space &nbsp;<span class="sm-ws">\u21b5</span> newline '
             '&nbsp;<span class="sm-ws">\u2192</span> tab &nbsp;<span class="sm-z">\u2205</span> zero-width '
             "(phantom space) &nbsp;&nbsp;"
-            f"<strong>{trained}/{len(self.tokens)}</strong> tokens trained ({self.trained_fraction:.0%}); "
+            f"<strong>{trained}/{len(self.tokens)}</strong> tokens trained ({self.trained_fraction:.0%}"
+            + (f"; {self.padding} padding positions left out" if self.padding else "")
+            + "); "
             "hover a token for its id and label"
         )
         return (

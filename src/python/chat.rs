@@ -1,5 +1,6 @@
-//! Temporary binding for the chat renderer's byte-identity test (`tests/test_chat_render.py`):
-//! one function, `render_chat`, until the chat API gets its own Python types.
+//! Temporary test hooks for the chat renderer (`tests/test_chat_render.py`,
+//! `tests/test_chat_regions.py`): `render_chat` and `chat_regions`, until the chat API gets its
+//! own Python types.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

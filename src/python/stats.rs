@@ -1,0 +1,172 @@
+//! `sftmask.Stats`: the one stats type of every entry point.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::Stats;
+
+/// What a call (or, for `collator.stats`, every call so far) did: one field vocabulary for
+/// the collator, `tokenize_and_mask`, `sftmask check --format json` and `docs/masking.md#stats`.
+///
+/// ``missing_rows`` / ``missing_instruction_rows`` list the rows of one call (indices within
+/// it); running totals keep the counts only.
+///
+/// >>> from sftmask import Stats
+/// >>> s = Stats(rows=2, tokens=10, trained_tokens=4)
+/// >>> s.trained_fraction
+/// 0.4
+/// >>> s.rows_without_template
+/// 0
+#[pyclass(name = "Stats", module = "sftmask", frozen, eq)]
+#[derive(Clone, PartialEq, Eq)]
+pub struct PyStats {
+    /// Examples.
+    #[pyo3(get)]
+    rows: u64,
+    /// Tokens (padding excluded).
+    #[pyo3(get)]
+    tokens: u64,
+    /// Tokens whose label is their id.
+    #[pyo3(get)]
+    trained_tokens: u64,
+    /// Trained tokens that straddle a template boundary.
+    #[pyo3(get)]
+    straddling_tokens: u64,
+    /// Rows without a response template (labels="keep": rows whose labels train nothing).
+    #[pyo3(get)]
+    rows_without_template: u64,
+    /// compat="trl": rows without the instruction template.
+    #[pyo3(get)]
+    rows_without_instruction_template: u64,
+    /// Rows with no trained token.
+    #[pyo3(get)]
+    rows_without_trained_tokens: u64,
+    /// Rows cut by max_length (preprocessing).
+    #[pyo3(get)]
+    rows_truncated: u64,
+    /// Rows of this call without a response template.
+    #[pyo3(get)]
+    missing_rows: Vec<usize>,
+    /// Rows of this call without the instruction template (compat="trl").
+    #[pyo3(get)]
+    missing_instruction_rows: Vec<usize>,
+}
+
+impl From<Stats> for PyStats {
+    fn from(s: Stats) -> Self {
+        PyStats {
+            rows: s.rows,
+            tokens: s.tokens,
+            trained_tokens: s.trained_tokens,
+            straddling_tokens: s.straddling_tokens,
+            rows_without_template: s.rows_without_template,
+            rows_without_instruction_template: s.rows_without_instruction_template,
+            rows_without_trained_tokens: s.rows_without_trained_tokens,
+            rows_truncated: s.rows_truncated,
+            missing_rows: s.missing_rows,
+            missing_instruction_rows: s.missing_instruction_rows,
+        }
+    }
+}
+
+const FIELDS: [&str; 10] = [
+    "rows",
+    "tokens",
+    "trained_tokens",
+    "straddling_tokens",
+    "rows_without_template",
+    "rows_without_instruction_template",
+    "rows_without_trained_tokens",
+    "rows_truncated",
+    "missing_rows",
+    "missing_instruction_rows",
+];
+
+#[pymethods]
+impl PyStats {
+    #[new]
+    #[pyo3(signature = (*, rows = 0, tokens = 0, trained_tokens = 0, straddling_tokens = 0, rows_without_template = 0,
+                        rows_without_instruction_template = 0, rows_without_trained_tokens = 0, rows_truncated = 0,
+                        missing_rows = Vec::new(), missing_instruction_rows = Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        rows: u64,
+        tokens: u64,
+        trained_tokens: u64,
+        straddling_tokens: u64,
+        rows_without_template: u64,
+        rows_without_instruction_template: u64,
+        rows_without_trained_tokens: u64,
+        rows_truncated: u64,
+        missing_rows: Vec<usize>,
+        missing_instruction_rows: Vec<usize>,
+    ) -> Self {
+        PyStats {
+            rows,
+            tokens,
+            trained_tokens,
+            straddling_tokens,
+            rows_without_template,
+            rows_without_instruction_template,
+            rows_without_trained_tokens,
+            rows_truncated,
+            missing_rows,
+            missing_instruction_rows,
+        }
+    }
+
+    /// Trained tokens over all tokens (0.0 when there are none).
+    #[getter]
+    fn trained_fraction(&self) -> f64 {
+        if self.tokens == 0 {
+            0.0
+        } else {
+            self.trained_tokens as f64 / self.tokens as f64
+        }
+    }
+
+    /// The old name of ``rows`` (``CollatorStats.examples``); kept for one release.
+    #[getter]
+    fn examples(&self) -> u64 {
+        self.rows
+    }
+
+    /// The fields as a dict (the keys of ``sftmask check --format json``), plus ``trained_fraction``.
+    ///
+    /// >>> Stats(rows=1).as_dict()["rows"]
+    /// 1
+    fn as_dict<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(slf.py());
+        for name in FIELDS {
+            out.set_item(name, slf.getattr(name)?)?;
+        }
+        out.set_item("trained_fraction", slf.get().trained_fraction())?;
+        Ok(out)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let mut parts = Vec::with_capacity(FIELDS.len());
+        for name in FIELDS {
+            parts.push(format!("{name}={}", slf.getattr(name)?.repr()?));
+        }
+        Ok(format!("Stats({})", parts.join(", ")))
+    }
+
+    /// Pickles by its fields (DataLoader workers, `datasets.map`).
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let kwargs = PyDict::new(py);
+        for name in FIELDS {
+            kwargs.set_item(name, slf.getattr(name)?)?;
+        }
+        let rebuild = py.import("sftmask._core")?.getattr("_stats_from_dict")?;
+        Ok((rebuild, PyTuple::new(py, [kwargs])?))
+    }
+}
+
+/// Rebuilds a pickled `Stats` (keyword-only constructors cannot be reached from `__reduce__`).
+#[pyfunction]
+pub(crate) fn _stats_from_dict(py: Python<'_>, fields: &Bound<'_, PyDict>) -> PyResult<Py<PyStats>> {
+    let cls = py.get_type::<PyStats>();
+    Ok(cls.call((), Some(fields))?.cast_into::<PyStats>()?.unbind())
+}
