@@ -187,32 +187,35 @@ SNIPPETS = (
     ),
     (
         "{{ {'a': 1, 'b': 'é'} | tojson(ensure_ascii=true) }}"
-        "|{{ [1, 2] | tojson(separators=(',', ':')) }}|{{ 'x\\u0001\"' | tojson }}"
+        "|{{ [1, 2] | tojson(separators=(',', ':')) }}"
+        "|{{ 'x\\u0001\"' | tojson }}"
     ),
     "{{ tools | tojson(indent=4) }}",
     (
-        "{{ '  a b  '.strip() }}|{{ 'xxaxx'.strip('x') }}|{{ 'a,b,c'.split(',') }}"
-        "|{{ 'a,b,c'.split(',', 1) }}|{{ 'a b  c'.split() }}"
+        "{{ '  a b  '.strip() }}|{{ 'xxaxx'.strip('x') }}"
+        "|{{ 'a,b,c'.split(',') }}|{{ 'a,b,c'.split(',', 1) }}"
+        "|{{ 'a b  c'.split() }}"
     ),
     (
         "{{ 'a,b,c'.rsplit(',', 1) }}|{{ 'k=v=w'.partition('=') }}"
         "|{{ 'k=v=w'.rpartition('=') }}|{{ 'hello world'.title() }}"
     ),
     (
-        "{{ 'abc'.startswith(('x', 'a')) }}|{{ 'abc'.endswith('c') }}|{{ 'abc'.upper() }}"
-        "|{{ 'ABC'.lower() }}|{{ 'abc'.replace('b', 'B') }}"
+        "{{ 'abc'.startswith(('x', 'a')) }}|{{ 'abc'.endswith('c') }}"
+        "|{{ 'abc'.upper() }}|{{ 'ABC'.lower() }}|{{ 'abc'.replace('b', 'B') }}"
     ),
     ("{{ 'abcdef'[::-1] }}|{{ 'abcdef'[1:3] }}|{{ messages[-1].role }}|{{ messages[1:] | length }}|{{ [1,2,3][:-1] }}"),
     ("{{ 'b' in 'abc' }}|{{ 'role' in messages[0] }}|{{ 3 in [1, 2] }}|{{ 'x' not in 'abc' }}"),
     (
         "{% set ns = namespace(n=0, last='') %}{% for m in messages %}"
-        "{% set ns.n = ns.n + 1 %}{% set ns.last = m.role %}{% endfor %}{{ ns.n }}"
-        " {{ ns.last }}"
+        "{% set ns.n = ns.n + 1 %}{% set ns.last = m.role %}{% endfor %}"
+        "{{ ns.n }} {{ ns.last }}"
     ),
     (
-        "{% for m in messages %}{% if loop.index0 == 1 %}{% continue %}{% endif %}"
-        "{% if loop.index > 3 %}{% break %}{% endif %}{{ loop.index }}{{ m.role }}"
-        "{% if not loop.last %},{% endif %}{% endfor %}"
+        "{% for m in messages %}{% if loop.index0 == 1 %}{% continue %}"
+        "{% endif %}{% if loop.index > 3 %}{% break %}{% endif %}"
+        "{{ loop.index }}{{ m.role }}{% if not loop.last %},{% endif %}"
+        "{% endfor %}"
     ),
     (
         "{{ 'abc' is string }}|{{ 'abc' is sequence }}|{{ none is iterable }}"
@@ -221,8 +224,8 @@ SNIPPETS = (
     ),
     (
         "{% for k, v in messages[0].items() %}{{ k }}={{ v }};{% endfor %}"
-        "|{{ messages[0] | items | list }}|{{ messages[0].get('nope', 'dflt') }}"
-        "|{{ messages[0].keys() | list }}"
+        "|{{ messages[0] | items | list }}"
+        "|{{ messages[0].get('nope', 'dflt') }}|{{ messages[0].keys() | list }}"
     ),
     (
         "{{ messages | map(attribute='role') | join(', ') }}"
@@ -231,12 +234,13 @@ SNIPPETS = (
     ),
     (
         "{{ 'x' ~ 1 ~ 'y' }}|{{ messages[0].content | trim }}"
-        "|{{ '%s-%d' | format('a', 3) }}|{{ 'ab' * 3 }}|{{ [1] + [2] }}|{{ 'a' + 'b' }}"
+        "|{{ '%s-%d' | format('a', 3) }}|{{ 'ab' * 3 }}|{{ [1] + [2] }}"
+        "|{{ 'a' + 'b' }}"
     ),
     ("  {% if true %}\n    kept\n  {% endif %}\n{%- if true -%}  stripped  {%- endif %}\n{# comment #}\nend\n"),
     (
-        "{% macro turn(m) %}<{{ m.role }}>{{ caller() if caller else '' }}{% endmacro %}"
-        "{% for m in messages %}{{ turn(m) }}{% endfor %}"
+        "{% macro turn(m) %}<{{ m.role }}>{{ caller() if caller else '' }}"
+        "{% endmacro %}{% for m in messages %}{{ turn(m) }}{% endfor %}"
     ),
     (
         "{{ raise_exception('nope: ' ~ messages | length) if messages | length > 100 else 'fine' }}"
@@ -250,8 +254,9 @@ SNIPPETS = (
         "|{{ none | default('d') }}|{{ x | default('d', true) }}"
     ),
     (
-        "{{ [1, 'a'] | string }}|{{ 'héllo' | length }}|{{ 'abc' | capitalize }}"
-        "|{{ '3' | int + 1 }}|{{ '2.5' | float }}|{{ 2.567 | round(2) }}|{{ -3 | abs }}"
+        "{{ [1, 'a'] | string }}|{{ 'héllo' | length }}"
+        "|{{ 'abc' | capitalize }}|{{ '3' | int + 1 }}|{{ '2.5' | float }}"
+        "|{{ 2.567 | round(2) }}|{{ -3 | abs }}"
     ),
     (
         "{{ 'a<think>b</think>\\n\\nc'.split('</think>')[-1].lstrip('\\n') }}"
@@ -259,18 +264,20 @@ SNIPPETS = (
         "|{{ 'x-y' | replace('-', '+') }}"
     ),
     (
-        "{% set block %}inner {{ messages | length }}{% endset %}{{ block | upper }}"
-        "|{% filter upper %}up{% endfilter %}|{{ 'y' if messages else 'n' }}"
-        "|{{ range(3) | list }}|{{ dict(a=1, b=[2]) }}"
+        "{% set block %}inner {{ messages | length }}{% endset %}"
+        "{{ block | upper }}|{% filter upper %}up{% endfilter %}"
+        "|{{ 'y' if messages else 'n' }}|{{ range(3) | list }}"
+        "|{{ dict(a=1, b=[2]) }}"
     ),
     (
         "{{ '{} and {}'.format('a', 1) }}|{{ 'banana'.count('a') }}"
-        "|{{ 'banana'.find('n') }}|{{ '%.2f' | format(1.5) }}|{{ ('a', 1) | tojson }}"
-        "|{{ {1: 'x', none: 2} | tojson }}"
+        "|{{ 'banana'.find('n') }}|{{ '%.2f' | format(1.5) }}"
+        "|{{ ('a', 1) | tojson }}|{{ {1: 'x', none: 2} | tojson }}"
     ),
     (
-        "{% for m in messages %}{{ loop.previtem.role if loop.previtem else '-' }}"
-        ">{{ m.role }}{{ loop.length }} {% endfor %}"
+        "{% for m in messages %}"
+        "{{ loop.previtem.role if loop.previtem else '-' }}>{{ m.role }}"
+        "{{ loop.length }} {% endfor %}"
         "|{{ messages | selectattr('reasoning_content') | list | length }}"
         "|{{ messages | rejectattr('role', 'in', ['user']) | map(attribute='role') | list }}"
     ),
@@ -279,7 +286,26 @@ SNIPPETS = (
         "|{{ messages[0].content is none }}|{{ (messages | last)['role'] }}"
         "|{{ messages | length > 2 and messages[2].role == 'assistant' }}"
     ),
+    (
+        "{{ \"they're bill's friends\".title() }}|{{ \"they're bill's\" | title }}"
+        "|{{ 'hELLO wORLD' | capitalize }}|{{ 'ß'.upper() }}"
+    ),
+    (
+        "[{{ '\\x1c a \\x1f\\u3000'.strip() }}]|[{{ '\\x1c a \\x1f' | trim }}"
+        "]|{{ 'a\\x1cb\\u2003c'.split() }}|{{ '\\x1c'.isspace() }}"
+    ),
+    (
+        "{{ [1, ' a '] | trim }}|{{ none | trim }}"
+        "|{{ 'a\\rb\\r\\nc\\x85d\\n'.splitlines() }}|{{ 'a\\nb\\n'.splitlines(true) }}"
+        "|{{ ' a  b '.split(none, 1) }}"
+    ),
+    (
+        "{{ messages[0].items() | list }}|{{ 'a' < 'b' }}"
+        "|{{ ['b', 'A', 'c'] | sort }}|{{ [3, 1] | max }}|{{ 'x' * 0 }}"
+        "|{{ 'abc'[5:] }}|{{ -7 // 2 }}|{{ -7 % 3 }}"
+    ),
 )
+
 
 SNIPPET_CONVERSATION = {
     "messages": [

@@ -249,6 +249,15 @@ fn environment(fuel: u64) -> Environment<'static> {
         }
     });
     env.add_filter("tojson", tojson);
+    // Jinja2's `trim` is `str(value).strip(chars)`.
+    env.add_filter("trim", |value: Value, chars: Option<&str>| -> Result<String, Error> {
+        let mut s = String::new();
+        py_str(&value, &mut s)?;
+        Ok(match chars {
+            Some(chars) => s.trim_matches(|c| chars.contains(c)).to_owned(),
+            None => s.trim_matches(py_space).to_owned(),
+        })
+    });
     env.add_filter("string", |value: Value| -> Result<String, Error> {
         let mut s = String::new();
         py_str(&value, &mut s)?;
@@ -351,7 +360,24 @@ fn strftime_now(format: &str) -> Result<String, Error> {
 fn methods(state: &mut State, value: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
     if let Some(s) = value.as_str() {
         let arg = |i: usize| args.get(i).and_then(|v| v.as_str());
+        let no_chars = args.first().is_none_or(|v| v.is_none());
         match (method, args.len()) {
+            // Python's whitespace (str.isspace) also holds the separators \x1c-\x1f, which
+            // Rust's `char::is_whitespace` does not.
+            ("strip", 0 | 1) if no_chars => return Ok(Value::from(s.trim_matches(py_space))),
+            ("lstrip", 0 | 1) if no_chars => return Ok(Value::from(s.trim_start_matches(py_space))),
+            ("rstrip", 0 | 1) if no_chars => return Ok(Value::from(s.trim_end_matches(py_space))),
+            ("isspace", 0) => return Ok(Value::from(!s.is_empty() && s.chars().all(py_space))),
+            ("split", 0) => return Ok(Value::from(py_split_whitespace(s, -1))),
+            ("split", 1 | 2) if no_chars => {
+                let max = args.get(1).map(|v| i64::try_from(v.clone())).transpose()?.unwrap_or(-1);
+                return Ok(Value::from(py_split_whitespace(s, max)));
+            }
+            ("splitlines", 0 | 1) => {
+                let keep = args.first().is_some_and(|v| v.is_true());
+                return Ok(Value::from(py_splitlines(s, keep)));
+            }
+            ("title", 0) => return Ok(Value::from(py_title(s))),
             ("removeprefix", 1) => {
                 let p = arg(0).unwrap_or_default();
                 return Ok(Value::from(s.strip_prefix(p).unwrap_or(s)));
@@ -389,6 +415,73 @@ fn methods(state: &mut State, value: &Value, method: &str, args: &[Value]) -> Re
         }
     }
     minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+/// `str.isspace()` for one character.
+fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// `str.split()` / `str.split(None, maxsplit)`: runs of whitespace separate, ends are dropped.
+fn py_split_whitespace(s: &str, maxsplit: i64) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut rest = s.trim_start_matches(py_space);
+    while !rest.is_empty() {
+        if maxsplit >= 0 && out.len() as i64 == maxsplit {
+            out.push(Value::from(rest));
+            break;
+        }
+        let end = rest.find(py_space).unwrap_or(rest.len());
+        out.push(Value::from(&rest[..end]));
+        rest = rest[end..].trim_start_matches(py_space);
+    }
+    out
+}
+
+/// `str.splitlines(keepends)`: Python's line boundaries, not only `\n`.
+fn py_splitlines(s: &str, keepends: bool) -> Vec<Value> {
+    let boundary = |c: char| {
+        matches!(
+            c,
+            '\n' | '\r' | '\u{b}' | '\u{c}' | '\u{1c}'..='\u{1e}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+        )
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if !boundary(c) {
+            continue;
+        }
+        let mut end = i + c.len_utf8();
+        if c == '\r' && chars.peek().is_some_and(|&(_, n)| n == '\n') {
+            chars.next();
+            end += 1;
+        }
+        out.push(Value::from(if keepends { &s[start..end] } else { &s[start..i] }));
+        start = end;
+    }
+    if start < s.len() {
+        out.push(Value::from(&s[start..]));
+    }
+    out
+}
+
+/// `str.title()`: a cased character after an uncased one is upper case, the others lower
+/// (so `"they're"` becomes `"They'Re"`, unlike Jinja2's `|title` filter).
+fn py_title(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut prev_cased = false;
+    for c in s.chars() {
+        let cased = c.is_lowercase() || c.is_uppercase();
+        if prev_cased {
+            out.extend(c.to_lowercase());
+        } else {
+            out.extend(c.to_uppercase());
+        }
+        prev_cased = cased;
+    }
+    out
 }
 
 /// A construct whose Jinja2 meaning rests on Python types minijinja does not have.
