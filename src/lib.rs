@@ -25,6 +25,7 @@
 //! ```
 
 pub mod batch;
+pub mod chat;
 pub mod encode;
 pub mod error;
 pub mod labels;
