@@ -173,7 +173,7 @@ pub fn plan(lengths: &[usize], max_length: usize, truncation: Truncation) -> Res
     }
     // Longest first; pieces were pushed in (row, start) order, so a stable sort keeps that order
     // among equal lengths.
-    pieces.sort_by(|a, b| b.len.cmp(&a.len));
+    pieces.sort_by_key(|p| std::cmp::Reverse(p.len));
 
     let mut open: BTreeSet<(usize, usize)> = BTreeSet::new(); // (room left, bin)
     let mut bin_of = Vec::with_capacity(pieces.len());
@@ -205,7 +205,14 @@ pub fn plan(lengths: &[usize], max_length: usize, truncation: Truncation) -> Res
         bin_starts[b + 1] += bin_starts[b];
     }
     let mut next = bin_starts.clone();
-    let mut ordered = vec![Piece { row: 0, start: 0, len: 0 }; pieces.len()];
+    let mut ordered = vec![
+        Piece {
+            row: 0,
+            start: 0,
+            len: 0
+        };
+        pieces.len()
+    ];
     for (p, &b) in pieces.iter().zip(&bin_of) {
         ordered[next[b]] = *p;
         next[b] += 1;
@@ -366,9 +373,9 @@ mod tests {
                     let used: usize = p.bin(b).iter().map(|s| s.len).sum();
                     assert!(used <= max_length && used > 0);
                     for s in p.bin(b) {
-                        for t in s.start..s.start + s.len {
-                            assert!(!seen[s.row][t], "token placed twice");
-                            seen[s.row][t] = true;
+                        for slot in &mut seen[s.row][s.start..s.start + s.len] {
+                            assert!(!*slot, "token placed twice");
+                            *slot = true;
                         }
                     }
                 }
@@ -418,6 +425,9 @@ mod tests {
         let p = pack(&ids, &labels, 3, Truncation::Right, -100).unwrap();
         assert_eq!(p.input_ids, vec![1, 2, 3, 6]);
         assert_eq!(p.bin_offsets, vec![0, 3, 4]);
-        assert_eq!((p.stats.rows_truncated, p.stats.tokens_dropped, p.stats.trained_tokens), (1, 2, 3));
+        assert_eq!(
+            (p.stats.rows_truncated, p.stats.tokens_dropped, p.stats.trained_tokens),
+            (1, 2, 3)
+        );
     }
 }

@@ -77,6 +77,9 @@ pub(crate) struct Example<'py> {
     pub ids: Source<'py>,
     pub labels: Option<Source<'py>>,
     pub extras: Vec<Source<'py>>,
+    /// A packed row's sequence lengths (`labels="keep"` only): its `seq_lengths`, or the runs
+    /// of its `position_ids` that start at 0 (`docs/packing.md#collating-packed-rows`).
+    pub sequences: Option<Vec<usize>>,
 }
 
 /// The examples as a list (a list is used as is; other iterables are materialized once).
@@ -169,6 +172,7 @@ pub(crate) fn example<'py>(
             ids: ids_source(example.clone(), row, "input_ids", true)?,
             labels: None,
             extras: Vec::new(),
+            sequences: None,
         });
     }
     let ids = get_key(example, "input_ids")?.ok_or_else(|| {
@@ -208,11 +212,42 @@ pub(crate) fn example<'py>(
         }
         columns.push(source);
     }
+    let sequences = if want_labels { sequences(example, row)? } else { None };
     Ok(Example {
         ids,
         labels,
         extras: columns,
+        sequences,
     })
+}
+
+/// The sequence lengths of a packed example: `seq_lengths` as given, else derived from
+/// `position_ids` (a sequence starts at each 0 and at the first token), else `None`.
+fn sequences(example: &Bound<'_, PyAny>, row: usize) -> PyResult<Option<Vec<usize>>> {
+    if let Some(v) = get_key(example, "seq_lengths")?.filter(|v| !v.is_none()) {
+        let lengths = ids_vec(&v, row)?;
+        return lengths
+            .into_iter()
+            .map(|l| usize::try_from(l).map_err(|_| row_err(row, format!("seq_lengths holds a negative length {l}"))))
+            .collect::<PyResult<Vec<usize>>>()
+            .map(Some);
+    }
+    let Some(v) = get_key(example, "position_ids")?.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let positions = ids_vec(&v, row)?;
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    for (i, &p) in positions.iter().enumerate().skip(1) {
+        if p == 0 {
+            out.push(i - start);
+            start = i;
+        }
+    }
+    if !positions.is_empty() {
+        out.push(positions.len() - start);
+    }
+    Ok(Some(out))
 }
 
 /// A row of given labels (or its ids) under `labels="keep"`, read as numpy reads it: such rows
