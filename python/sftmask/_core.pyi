@@ -20,6 +20,7 @@ __all__ = [
     "MissingTemplateWarning",
     "OptionError",
     "OptionTypeError",
+    "PackStats",
     "RowError",
     "RowTypeError",
     "SftmaskError",
@@ -28,6 +29,7 @@ __all__ = [
     "Vocab",
     "__version__",
     "_stats_from_dict",
+    "pack",
     "tokenize_and_mask",
 ]
 
@@ -163,3 +165,39 @@ def tokenize_and_mask(
     add_special_tokens: bool = True,
     max_length: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]], Stats]: ...
+
+@final
+class PackStats:
+    @property
+    def rows(self) -> int: ...
+    @property
+    def rows_empty(self) -> int: ...
+    @property
+    def sequences(self) -> int: ...
+    @property
+    def bins(self) -> int: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def rows_truncated(self) -> int: ...
+    @property
+    def rows_split(self) -> int: ...
+    @property
+    def tokens_dropped(self) -> int: ...
+    @property
+    def trained_tokens(self) -> int: ...
+    @property
+    def fill_ratio(self) -> float: ...
+    def as_dict(self) -> dict[str, Any]: ...
+    def __eq__(self, value: object, /) -> bool: ...
+
+def pack(
+    input_ids: Iterable[_Ids],
+    labels: Iterable[_Ids],
+    max_length: int,
+    *,
+    truncation: Literal["right", "split"] = "right",
+    ignore_index: int = -100,
+) -> tuple[dict[str, npt.NDArray[np.int64]], PackStats]: ...

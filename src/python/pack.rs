@@ -41,7 +41,10 @@ fn read_rows(rows: &Bound<'_, PyAny>, key: &str) -> PyResult<(Vec<i64>, Vec<usiz
 /// >>> arrays["bin_offsets"].tolist(), stats.bins
 /// ([0, 3, 5], 2)
 #[pyfunction]
-#[pyo3(signature = (input_ids, labels, max_length, *, truncation = "right", ignore_index = Int(-100)))]
+#[pyo3(
+    signature = (input_ids, labels, max_length, *, truncation = "right", ignore_index = Int(-100)),
+    text_signature = "(input_ids, labels, max_length, *, truncation='right', ignore_index=-100)"
+)]
 pub(crate) fn pack<'py>(
     py: Python<'py>,
     input_ids: &Bound<'py, PyAny>,
