@@ -142,6 +142,16 @@ def test_errors():
     with pytest.raises(sftmask.OptionError, match="labels"):
         sftmask.pack({"input_ids": [[1]]}, 4)
     assert sftmask.pack([], 4) == []
+    import pyarrow as pa
+
+    table = pa.table({"input_ids": [[1, 2], [3, 4, 5]], "labels": [[1, 2], [3, 4]]})
+    with pytest.raises(sftmask.RowError) as e:
+        sftmask.pack(table, 4)
+    assert e.value.row == 1
+    with pytest.raises(sftmask.OptionError, match="offsets"):
+        sftmask._core.pack(np.arange(5), np.arange(5), 4, offsets=[0, 3, 2, 5])
+    with pytest.raises(sftmask.OptionError, match="offsets"):
+        sftmask._core.pack(np.arange(5), np.arange(5), 4, offsets=[0, 3])
 
 
 # -- the collator on packed rows (docs/packing.md#collating-packed-rows) -----------------------

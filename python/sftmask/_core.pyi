@@ -194,10 +194,11 @@ class PackStats:
     def __eq__(self, value: object, /) -> bool: ...
 
 def pack(
-    input_ids: Iterable[_Ids],
-    labels: Iterable[_Ids],
+    input_ids: Iterable[_Ids] | _Ids,
+    labels: Iterable[_Ids] | _Ids,
     max_length: int,
     *,
     truncation: Literal["right", "split"] = "right",
     ignore_index: int = -100,
+    offsets: _Ids | None = None,
 ) -> tuple[dict[str, npt.NDArray[np.int64]], PackStats]: ...

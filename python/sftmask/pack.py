@@ -29,35 +29,44 @@ from sftmask._errors import row_error
 PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "seq_lengths")
 
 
-def _arrow_rows(column: Any) -> list[np.ndarray]:
-    """A pyarrow list column as numpy views of its rows (no copy of the values)."""
+def _arrow_flat(column: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A pyarrow list column as its values and row offsets from 0 (no copy of the values)."""
     if hasattr(column, "combine_chunks"):
         column = column.combine_chunks()
-    values = column.flatten().to_numpy(zero_copy_only=False)
     offsets = column.offsets.to_numpy()
-    offsets = offsets - offsets[0]
-    return np.split(values, offsets[1:-1]) if len(column) else []
+    values = column.flatten().to_numpy(zero_copy_only=False)  # flatten() honours a slice's offset
+    return values, offsets - offsets[0]
+
+
+def _arrow_columns(ids: Any, labels: Any) -> tuple[Any, Any, np.ndarray | None]:
+    """Flat values and shared offsets; per-row views when the two columns' rows differ in length
+    (so that the core names the first such row)."""
+    (id_values, id_offsets), (label_values, label_offsets) = _arrow_flat(ids), _arrow_flat(labels)
+    if np.array_equal(id_offsets, label_offsets):
+        return id_values, label_values, id_offsets
+    return np.split(id_values, id_offsets[1:-1]), np.split(label_values, label_offsets[1:-1]), None
 
 
 def _is_arrow(obj: Any) -> bool:
     return type(obj).__module__.startswith("pyarrow") and hasattr(obj, "column_names")
 
 
-def _columns(rows: Any) -> tuple[Sequence[Any], Sequence[Any], str]:
-    """``(input_ids rows, labels rows, kind)`` of any accepted input."""
+def _columns(rows: Any) -> tuple[Any, Any, np.ndarray | None, str]:
+    """``(input_ids, labels, offsets, kind)`` of any accepted input: rows, or flat values with
+    their offsets (Arrow input)."""
     if _is_arrow(rows):
         for key in ("input_ids", "labels"):
             if key not in rows.column_names:
                 raise OptionError(f"the table has no {key!r} column")
-        return _arrow_rows(rows.column("input_ids")), _arrow_rows(rows.column("labels")), "arrow"
+        return (*_arrow_columns(rows.column("input_ids"), rows.column("labels")), "arrow")
     if isinstance(rows, Mapping):
         for key in ("input_ids", "labels"):
             if key not in rows:
                 raise OptionError(f"the batch has no {key!r} column (pack takes masked rows: input_ids and labels)")
         ids, labels = rows["input_ids"], rows["labels"]
-        if _is_arrow_array(ids):
-            ids, labels = _arrow_rows(ids), _arrow_rows(labels)
-        return ids, labels, "columns"
+        if _is_arrow_array(ids) and _is_arrow_array(labels):
+            return (*_arrow_columns(ids, labels), "columns")
+        return ids, labels, None, "columns"
     if isinstance(rows, (str, bytes)) or not isinstance(rows, (Sequence, np.ndarray)):
         raise OptionTypeError(
             "rows must be a list of dicts with 'input_ids' and 'labels', a dict of those columns "
@@ -69,7 +78,7 @@ def _columns(rows: Any) -> tuple[Sequence[Any], Sequence[Any], str]:
             raise row_error(r, "every row must be a dict with 'input_ids' and 'labels'")
         ids.append(row["input_ids"])
         labels.append(row["labels"])
-    return ids, labels, "rows"
+    return ids, labels, None, "rows"
 
 
 def _is_arrow_array(obj: Any) -> bool:
@@ -115,8 +124,10 @@ def pack(
     """
     if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length <= 0:
         raise OptionError(f"max_length must be a positive int, got {max_length!r}")
-    ids, labels, kind = _columns(rows)
-    arrays, stats = _pack(ids, labels, int(max_length), truncation=truncation, ignore_index=ignore_index)
+    ids, labels, offsets, kind = _columns(rows)
+    arrays, stats = _pack(
+        ids, labels, int(max_length), truncation=truncation, ignore_index=ignore_index, offsets=offsets
+    )
     bounds = arrays["bin_offsets"][1:-1]
     seq_bounds = arrays["seq_offsets"][1:-1]
     bins = int(stats.bins)

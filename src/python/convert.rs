@@ -225,7 +225,7 @@ pub(crate) fn example<'py>(
 /// `position_ids` (a sequence starts at each 0 and at the first token), else `None`.
 fn sequences(example: &Bound<'_, PyAny>, row: usize) -> PyResult<Option<Vec<usize>>> {
     if let Some(v) = get_key(example, "seq_lengths")?.filter(|v| !v.is_none()) {
-        let lengths = ids_vec(&v, row)?;
+        let lengths = ints_vec(&v, row, "seq_lengths")?;
         return lengths
             .into_iter()
             .map(|l| usize::try_from(l).map_err(|_| row_err(row, format!("seq_lengths holds a negative length {l}"))))
@@ -235,7 +235,7 @@ fn sequences(example: &Bound<'_, PyAny>, row: usize) -> PyResult<Option<Vec<usiz
     let Some(v) = get_key(example, "position_ids")?.filter(|v| !v.is_none()) else {
         return Ok(None);
     };
-    let positions = ids_vec(&v, row)?;
+    let positions = ints_vec(&v, row, "position_ids")?;
     let mut out = Vec::new();
     let mut start = 0usize;
     for (i, &p) in positions.iter().enumerate().skip(1) {
@@ -462,9 +462,14 @@ fn copy_tuple(t: &Bound<'_, PyTuple>, out: &mut [i64], row: usize, key: &str) ->
 
 /// Ids of one sequence (a template, an example to inspect) as a Vec.
 pub(crate) fn ids_vec(obj: &Bound<'_, PyAny>, row: usize) -> PyResult<Vec<i64>> {
-    let src = ids_source(obj.clone(), row, "input_ids", true)?;
+    ints_vec(obj, row, "input_ids")
+}
+
+/// A sequence of ints named `key` in messages, copied out.
+pub(crate) fn ints_vec(obj: &Bound<'_, PyAny>, row: usize, key: &str) -> PyResult<Vec<i64>> {
+    let src = ids_source(obj.clone(), row, key, true)?;
     let mut out = vec![0i64; src.len()];
-    src.copy_all(&mut out, row, "input_ids")?;
+    src.copy_all(&mut out, row, key)?;
     Ok(out)
 }
 

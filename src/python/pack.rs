@@ -4,29 +4,51 @@ use numpy::IntoPyArray;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::convert::{ids_source, Count, Int, Source};
-use super::errors::{core, detach_guarded, guarded, row_err};
+use super::convert::{ids_source, ints_vec, Count, Int};
+use super::errors::{core, detach_guarded, guarded, option_err, row_err};
 use super::stats::PyPackStats;
 use crate::pack::Truncation;
 
 /// Reads every row of `rows` (a sequence of int sequences) into one flat buffer; returns it and
-/// the row offsets.
+/// the row offsets. Each row's source is dropped once copied: numpy's borrow tracking checks a new
+/// borrow against the live ones of the same base array, so holding a borrow per row (views of one
+/// Arrow buffer) would make reading quadratic.
 fn read_rows(rows: &Bound<'_, PyAny>, key: &str) -> PyResult<(Vec<i64>, Vec<usize>)> {
-    let n = rows.len().unwrap_or(0);
-    let mut sources: Vec<Source<'_>> = Vec::with_capacity(n);
+    let mut flat = Vec::new();
+    let mut offsets = vec![0usize];
     for (r, item) in rows.try_iter()?.enumerate() {
-        sources.push(ids_source(item?, r, key, true)?);
-    }
-    let mut offsets = Vec::with_capacity(sources.len() + 1);
-    offsets.push(0usize);
-    for s in &sources {
-        offsets.push(offsets[offsets.len() - 1] + s.len());
-    }
-    let mut flat = vec![0i64; offsets[offsets.len() - 1]];
-    for (r, s) in sources.iter().enumerate() {
-        s.copy_all(&mut flat[offsets[r]..offsets[r + 1]], r, key)?;
+        let source = ids_source(item?, r, key, true)?;
+        let start = flat.len();
+        flat.resize(start + source.len(), 0);
+        source.copy_all(&mut flat[start..], r, key)?;
+        offsets.push(flat.len());
     }
     Ok((flat, offsets))
+}
+
+/// Reads flat values with their row offsets (`rows + 1` ascending entries from 0 to the length).
+fn read_flat(values: &Bound<'_, PyAny>, offsets: &[i64], key: &str) -> PyResult<(Vec<i64>, Vec<usize>)> {
+    let source = ids_source(values.clone(), 0, key, true)?;
+    let mut flat = vec![0i64; source.len()];
+    source.copy_all(&mut flat, 0, key)?;
+    let bad = || {
+        option_err(format!(
+            "offsets must rise from 0 to the length of {key} ({})",
+            flat.len()
+        ))
+    };
+    let mut out = Vec::with_capacity(offsets.len());
+    for &o in offsets {
+        let o = usize::try_from(o).map_err(|_| bad())?;
+        if out.last().is_some_and(|&prev| o < prev) {
+            return Err(bad());
+        }
+        out.push(o);
+    }
+    if out.first() != Some(&0) || out.last() != Some(&flat.len()) {
+        return Err(bad());
+    }
+    Ok((flat, out))
 }
 
 /// Packs rows into bins of at most ``max_length`` tokens (best-fit decreasing, deterministic).
@@ -37,13 +59,17 @@ fn read_rows(rows: &Bound<'_, PyAny>, key: &str) -> PyResult<(Vec<i64>, Vec<usiz
 /// ``seq_lengths`` with ``seq_offsets`` (bins + 1 offsets into it), and ``seq_rows`` /
 /// ``seq_starts`` (where each sequence comes from). ``sftmask.pack`` splits them per bin.
 ///
+/// With ``offsets`` (``rows + 1`` ints), ``input_ids`` and ``labels`` are instead flat 1-D
+/// arrays holding every row, row ``r`` at ``offsets[r]:offsets[r + 1]`` in both (an Arrow list
+/// column's values and offsets: one copy, no Python object per row).
+///
 /// >>> arrays, stats = pack([[1, 2, 3], [4, 5]], [[-100, 2, 3], [-100, 5]], 4)
 /// >>> arrays["bin_offsets"].tolist(), stats.bins
 /// ([0, 3, 5], 2)
 #[pyfunction]
 #[pyo3(
-    signature = (input_ids, labels, max_length, *, truncation = "right", ignore_index = Int(-100)),
-    text_signature = "(input_ids, labels, max_length, *, truncation='right', ignore_index=-100)"
+    signature = (input_ids, labels, max_length, *, truncation = "right", ignore_index = Int(-100), offsets = None),
+    text_signature = "(input_ids, labels, max_length, *, truncation='right', ignore_index=-100, offsets=None)"
 )]
 pub(crate) fn pack<'py>(
     py: Python<'py>,
@@ -52,11 +78,17 @@ pub(crate) fn pack<'py>(
     max_length: Count,
     truncation: &str,
     ignore_index: Int,
+    offsets: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<(Bound<'py, PyDict>, PyPackStats)> {
     guarded(|| {
         let truncation: Truncation = core(truncation.parse())?;
-        let (ids, id_offsets) = read_rows(input_ids, "input_ids")?;
-        let (labs, label_offsets) = read_rows(labels, "labels")?;
+        let ((ids, id_offsets), (labs, label_offsets)) = match offsets.filter(|o| !o.is_none()) {
+            Some(o) => {
+                let o = ints_vec(o, 0, "offsets")?;
+                (read_flat(input_ids, &o, "input_ids")?, read_flat(labels, &o, "labels")?)
+            }
+            None => (read_rows(input_ids, "input_ids")?, read_rows(labels, "labels")?),
+        };
         let rows = id_offsets.len() - 1;
         if label_offsets.len() - 1 != rows {
             return Err(super::errors::option_err(format!(
