@@ -258,7 +258,8 @@ impl Packed {
 }
 
 /// Packs rows (`ids[r]` with labels `labels[r]`, as long as each other) into bins of at most
-/// `max_length` tokens, as [`plan`] places them.
+/// `max_length` tokens, as [`plan`] places them. The rows may be `i64` or narrower integers
+/// (borrowed int32 Arrow buffers are read in place, not copied first).
 ///
 /// ```
 /// use sftmask::pack::{pack, Truncation};
@@ -275,13 +276,17 @@ impl Packed {
 /// # Errors
 /// [`Error::InvalidArgument`] for `max_length == 0` or `ids` and `labels` of different counts;
 /// [`Error::Row`] for a row whose labels and ids differ in length.
-pub fn pack(
-    ids: &[&[i64]],
-    labels: &[&[i64]],
+pub fn pack<T, U>(
+    ids: &[&[T]],
+    labels: &[&[U]],
     max_length: usize,
     truncation: Truncation,
     ignore_index: i64,
-) -> Result<Packed> {
+) -> Result<Packed>
+where
+    T: Copy + Into<i64>,
+    U: Copy + Into<i64>,
+{
     if ids.len() != labels.len() {
         return Err(Error::InvalidArgument(format!(
             "{} rows of input_ids and {} of labels",
@@ -315,10 +320,12 @@ pub fn pack(
     for b in 0..plan.bins() {
         for p in plan.bin(b) {
             let range = p.start..p.start + p.len;
-            out.input_ids.extend_from_slice(&ids[p.row][range.clone()]);
-            let l = &labels[p.row][range];
-            out.stats.trained_tokens += l.iter().filter(|&&x| x != ignore_index).count() as u64;
-            out.labels.extend_from_slice(l);
+            out.input_ids
+                .extend(ids[p.row][range.clone()].iter().map(|&x| x.into()));
+            let before = out.labels.len();
+            out.labels.extend(labels[p.row][range].iter().map(|&x| x.into()));
+            let trained = out.labels[before..].iter().filter(|&&x| x != ignore_index).count();
+            out.stats.trained_tokens += trained as u64;
             out.position_ids.extend(0..p.len as i64);
             out.seq_lengths.push(p.len);
         }
