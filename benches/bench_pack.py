@@ -159,7 +159,9 @@ def main() -> None:
     lines += [
         "",
         "`trl-bfd` packs each 1000-row map batch on its own; `trl-bfd-one-batch` and the sftmask rows pack "
-        "all rows at once (same best-fit decreasing rule, so the same bin count).",
+        "all rows at once (same best-fit decreasing rule, so the same bin count). Both `datasets.map` rows include "
+        "writing the packed columns to the Arrow cache; sftmask writes int64 columns (TRL keeps the input's int32), "
+        "i.e. twice the bytes.",
         "",
         "sftmask alone, shorter rows (median ~40 tokens, clipped to 1..4000), `max_length` 1024, Arrow table in:",
         "",
