@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import sftmask
 from conftest import load_hf_tokenizer, tiny_llama
+from sftmask.pack import PACKED_COLUMNS  # the module (sftmask.pack itself is the function)
 
 IGNORE = -100
 
@@ -104,7 +105,7 @@ def test_input_forms_agree():
     as_numpy = sftmask.pack([{k: np.asarray(v, dtype=np.int32) for k, v in r.items()} for r in rows], 10)
     table = pa.table({"input_ids": columns["input_ids"], "labels": columns["labels"], "other": list(range(6))})
     as_table = sftmask.pack(table.slice(0), 10).to_pydict()
-    for key in sftmask.pack.__globals__["PACKED_COLUMNS"]:
+    for key in PACKED_COLUMNS:
         expected = [b[key].tolist() for b in as_list]
         assert [v.tolist() for v in as_columns[key]] == expected
         assert [b[key].tolist() for b in as_numpy] == expected
