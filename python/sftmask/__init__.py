@@ -8,9 +8,9 @@ A Rust drop-in for TRL's ``DataCollatorForCompletionOnlyLM``: change one import 
 0
 
 Also: ``ensure_pad_token`` (a pad token for Llama-3 without resizing), ``render`` (see a mask),
-``tokenize_and_mask`` (preprocess a dataset once), and the ``sftmask check`` command. Every error
-is a :class:`SftmaskError` (and a ``ValueError`` or ``TypeError``); errors about one example are
-:class:`RowError` with its ``row``.
+``tokenize_and_mask`` (preprocess a dataset once), ``pack`` (masked rows into bins), and the
+``sftmask check`` command. Every error is a :class:`SftmaskError` (and a ``ValueError`` or
+``TypeError``); errors about one example are :class:`RowError` with its ``row``.
 """
 
 from sftmask._core import (
@@ -20,6 +20,7 @@ from sftmask._core import (
     MissingTemplateWarning,
     OptionError,
     OptionTypeError,
+    PackStats,
     RowError,
     RowTypeError,
     SftmaskError,
@@ -29,6 +30,7 @@ from sftmask._core import (
     __version__,
 )
 from sftmask.collator import CollatorStats, DataCollatorForCompletionOnlyLM
+from sftmask.pack import pack
 from sftmask.pad import ensure_pad_token
 from sftmask.preprocess import tokenize_and_mask
 from sftmask.render import MaskView, render
@@ -43,6 +45,7 @@ __all__ = [
     "MissingTemplateWarning",
     "OptionError",
     "OptionTypeError",
+    "PackStats",
     "RowError",
     "RowTypeError",
     "SftmaskError",
@@ -51,6 +54,7 @@ __all__ = [
     "Vocab",
     "__version__",
     "ensure_pad_token",
+    "pack",
     "render",
     "tokenize_and_mask",
 ]

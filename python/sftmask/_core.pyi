@@ -20,6 +20,7 @@ __all__ = [
     "MissingTemplateWarning",
     "OptionError",
     "OptionTypeError",
+    "PackStats",
     "RowError",
     "RowTypeError",
     "SftmaskError",
@@ -28,8 +29,12 @@ __all__ = [
     "Vocab",
     "__version__",
     "_stats_from_dict",
+<<<<<<< HEAD
     "chat_regions",
     "render_chat",
+=======
+    "pack",
+>>>>>>> pack
     "tokenize_and_mask",
 ]
 
@@ -166,6 +171,7 @@ def tokenize_and_mask(
     max_length: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]], Stats]: ...
 
+<<<<<<< HEAD
 # Temporary test hooks for the chat renderer (src/python/chat.rs).
 def render_chat(
     template: str,
@@ -183,3 +189,41 @@ def chat_regions(
     eos: str | None = None,
     kwargs_json: str = "{}",
 ) -> list[tuple[str, str, list[tuple[int, int, int, str | None]]]]: ...
+=======
+@final
+class PackStats:
+    @property
+    def rows(self) -> int: ...
+    @property
+    def rows_empty(self) -> int: ...
+    @property
+    def sequences(self) -> int: ...
+    @property
+    def bins(self) -> int: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def rows_truncated(self) -> int: ...
+    @property
+    def rows_split(self) -> int: ...
+    @property
+    def tokens_dropped(self) -> int: ...
+    @property
+    def trained_tokens(self) -> int: ...
+    @property
+    def fill_ratio(self) -> float: ...
+    def as_dict(self) -> dict[str, Any]: ...
+    def __eq__(self, value: object, /) -> bool: ...
+
+def pack(
+    input_ids: Iterable[_Ids] | _Ids,
+    labels: Iterable[_Ids] | _Ids,
+    max_length: int,
+    *,
+    truncation: Literal["right", "split"] = "right",
+    ignore_index: int = -100,
+    offsets: _Ids | None = None,
+) -> tuple[dict[str, npt.NDArray[np.int64]], PackStats]: ...
+>>>>>>> pack

@@ -10,6 +10,7 @@ mod convert;
 mod encoder;
 mod errors;
 mod masker;
+mod pack;
 mod stats;
 mod vocab;
 
@@ -25,7 +26,10 @@ mod _core {
     #[pymodule_export]
     use super::masker::PyMasker;
     #[pymodule_export]
-    use super::stats::{_stats_from_dict, PyStats};
+    #[pymodule_export]
+    use super::pack::pack;
+    #[pymodule_export]
+    use super::stats::{_stats_from_dict, PyPackStats, PyStats};
     #[pymodule_export]
     use super::vocab::PyVocab;
     use super::*;
