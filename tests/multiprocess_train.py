@@ -1,14 +1,15 @@
 """One rank of tests/test_multiprocess.py: transformers' ``Trainer`` under ``torchrun`` (gloo, CPU).
 
 Run as ``python -m torch.distributed.run --nproc_per_node=2 tests/multiprocess_train.py OUT FAMILY
-START_METHOD`` (FAMILY: a test tokenizer already built, e.g. ``qwen2``). Each rank trains a tiny
-random ``LlamaForCausalLM`` with sftmask's collator as the ``data_collator`` and two DataLoader
-workers, started by START_METHOD (``fork`` or ``spawn``: with ``spawn`` the collator travels to them
-pickled). A forward pre-hook on the model checks every batch the model receives against the ground
-truth (tests/ground_truth.py) and a forward hook keeps its loss; after training the ranks gather
-each other's parameter digests. Each rank writes ``OUT/rank<N>.json``; the test reads and asserts on them.
+START_METHOD...`` (FAMILY: a test tokenizer already built, e.g. ``qwen2``). For each START_METHOD
+(``fork``, ``spawn``) in turn, each rank trains a fresh tiny random ``LlamaForCausalLM`` with
+sftmask's collator as the ``data_collator`` and two DataLoader workers started that way (with
+``spawn`` the collator travels to them pickled). A forward pre-hook on the model checks every batch
+the model receives against the ground truth (tests/ground_truth.py) and a forward hook keeps its
+loss; after training the ranks gather each other's parameter digests. Each rank writes
+``OUT/<START_METHOD>-rank<N>.json``; the test reads and asserts on them.
 
-Everything heavy is imported inside ``main``: ``spawn`` workers re-import this file as
+Everything heavy is imported inside ``train``: ``spawn`` workers re-import this file as
 ``__mp_main__`` and need only what unpickling the collator imports.
 """
 
@@ -72,9 +73,9 @@ def children() -> list[tuple[int, str]]:
     return out
 
 
-def main() -> None:
-    out_dir, family, start_method = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-
+def train(out_dir: Path, family: str, start_method: str) -> None:
+    """One training run of a fresh model, its DataLoader workers started by ``start_method``;
+    writes ``out_dir/<start_method>-rank<N>.json``."""
     import torch
     import torch.distributed as dist
     import transformers
@@ -97,6 +98,7 @@ def main() -> None:
     init_digest = digest(model)
     seen: list[list[int]] = []  # ids of every row the model received, in order
     losses: list[float] = []
+    padded = [0]  # padding positions checked
     failures: list[str] = []
     children_seen: list[list[tuple[int, str]]] = []  # at each forward
 
@@ -111,6 +113,7 @@ def main() -> None:
                 failures.append(f"row not in the dataset: {key}")
             elif labels[row][mask[row]].tolist() != expected:
                 failures.append(f"labels differ from the ground truth on row {key}")
+            padded[0] += int((~mask[row]).sum())
             if (labels[row][~mask[row]] != IGNORE).any():
                 failures.append(f"a padding position is trained on row {key}")
         children_seen.append(children())
@@ -122,7 +125,7 @@ def main() -> None:
     model.register_forward_hook(keep_loss, with_kwargs=True)
 
     targs = transformers.TrainingArguments(
-        output_dir=str(out_dir / "trainer"),
+        output_dir=str(out_dir / f"trainer-{start_method}"),
         max_steps=3,
         per_device_train_batch_size=2,
         learning_rate=1e-2,
@@ -149,6 +152,7 @@ def main() -> None:
         "ddp": type(trainer.model_wrapped).__name__,
         "rows": seen,
         "failures": failures,
+        "padded_positions": padded[0],
         "losses": losses,
         "all_finite": all(math.isfinite(x) for x in losses),
         "logged_losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
@@ -160,8 +164,15 @@ def main() -> None:
         "global_step": trainer.state.global_step,
         "local_rank_env": os.environ.get("LOCAL_RANK"),
     }
-    (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
+    (out_dir / f"{start_method}-rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
+
+
+def main() -> None:
+    # One launch for every start method: starting the ranks is most of the time on a small machine.
+    out_dir, family, *start_methods = sys.argv[1:]
+    for start_method in start_methods:
+        train(Path(out_dir), family, start_method)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ by it), and workers started the way asked (with ``spawn``, the collator reached 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ pytest.importorskip("transformers")
 SCRIPT = Path(__file__).parent / "multiprocess_train.py"
 FAMILY = "qwen2"
 TIMEOUT_S = 300
+START_METHODS = ("fork", "spawn")
 
 
 def distributed_unavailable() -> str | None:
@@ -43,7 +45,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(out: Path, start_method: str) -> subprocess.CompletedProcess:
+def torchrun(out: Path) -> subprocess.CompletedProcess:
+    """One ``torchrun`` launch that trains once per start method."""
     tokenizer_path(FAMILY)  # built (or read from the cache) once here, not by both ranks at once
     cmd = [
         sys.executable,  # this venv's torch, not whatever `torchrun` is first on PATH
@@ -56,7 +59,7 @@ def torchrun(out: Path, start_method: str) -> subprocess.CompletedProcess:
         str(SCRIPT),
         str(out),
         FAMILY,
-        start_method,
+        *START_METHODS,
     ]
     env = dict(
         os.environ,
@@ -75,18 +78,24 @@ def torchrun(out: Path, start_method: str) -> subprocess.CompletedProcess:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
-        pytest.fail(f"torchrun ({start_method} workers) ran past {TIMEOUT_S} s:\n{output[-4000:]}")
+        pytest.fail(f"torchrun ran past {TIMEOUT_S} s:\n{output[-4000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, output)
 
 
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
-def test_torchrun_trainer(tmp_path: Path, start_method: str):
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
     reason = distributed_unavailable()
     if reason:
         pytest.skip(reason)
-    run = torchrun(tmp_path, start_method)
+    out = tmp_path_factory.mktemp("torchrun")
+    run = torchrun(out)
     assert run.returncode == 0, run.stdout[-6000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return out
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_torchrun_trainer(results: Path, start_method: str):
+    ranks = [json.loads((results / f"{start_method}-rank{r}.json").read_text()) for r in range(2)]
 
     for r, res in enumerate(ranks):
         assert res["rank"] == r and res["world_size"] == 2 and res["backend"] == "gloo"
@@ -95,8 +104,9 @@ def test_torchrun_trainer(tmp_path: Path, start_method: str):
         # Exact labels on every row the model received (checked inside the run), padding ignored.
         assert res["failures"] == []
         assert len(res["rows"]) == 3 * 2, "three steps of two rows"
+        assert res["padded_positions"] > 0, "no batch was padded: the padding check saw nothing"
         assert res["losses"] and res["all_finite"], res["losses"]
-        assert res["logged_losses"] and all(x == x and abs(x) != float("inf") for x in res["logged_losses"])
+        assert res["logged_losses"] and all(math.isfinite(x) for x in res["logged_losses"])
         # The workers exist and were started as asked: spawned ones run multiprocessing's
         # spawn entry point (the collator came to them pickled); forked ones are copies of the rank.
         children = {pid: cmd for at_step in res["children"] for pid, cmd in at_step}
