@@ -29,6 +29,7 @@ __all__ = [
     "__version__",
     "_stats_from_dict",
     "tokenize_and_mask",
+    "tokenize_and_mask_arrow",
 ]
 
 __version__: Final[str]
@@ -163,3 +164,12 @@ def tokenize_and_mask(
     add_special_tokens: bool = True,
     max_length: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]], Stats]: ...
+def tokenize_and_mask_arrow(
+    data: object,
+    encoder: Encoder,
+    masker: Masker,
+    *,
+    column: str = "text",
+    add_special_tokens: bool = True,
+    max_length: int | None = None,
+) -> tuple[Any, Stats]: ...

@@ -5,6 +5,7 @@
 //! (`py.detach`), hands output buffers to numpy without copying (`into_pyarray`), and maps core
 //! errors to sftmask's exception tree (`errors`). Panics become `sftmask.InternalError`.
 
+mod arrow;
 mod convert;
 mod encoder;
 mod errors;
@@ -17,6 +18,8 @@ use pyo3::prelude::*;
 /// The compiled core of sftmask.
 #[pymodule]
 mod _core {
+    #[pymodule_export]
+    use super::arrow::tokenize_and_mask_arrow;
     #[pymodule_export]
     use super::encoder::{tokenize_and_mask, PyEncoder};
     #[pymodule_export]
