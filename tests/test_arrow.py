@@ -261,3 +261,24 @@ def test_datasets_map_num_proc_2(tmp_path):
     assert got.column("input_ids").to_pylist() == listed["input_ids"]
     assert got.column("labels").to_pylist() == listed["labels"]
     assert got.column("length").to_pylist() == [len(r) for r in listed["input_ids"]]
+
+
+def test_the_gil_is_released_while_tokenizing():
+    """Another Python thread keeps running during the call: no long gap in its ticks."""
+    import threading
+    import time
+
+    tok = load_tokenizer("qwen2")
+    table = table_of(conversation_texts(CHATML, 400, seed=1) * 3, chunk=500)
+    run = lambda: sftmask.tokenize_and_mask(table, tok, CHATML.response, on_missing="ignore", num_threads=1)  # noqa: E731
+    run()  # warm: the tokenizer's Encoder and the Masker are cached after this
+    worker = threading.Thread(target=run)
+    ticks = [time.perf_counter()]
+    worker.start()
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+    worker.join()
+    total = ticks[-1] - ticks[0]
+    gap = max(b - a for a, b in zip(ticks, ticks[1:]))
+    assert total > 0.05, "the call was too quick to tell"
+    assert gap < 0.5 * total, f"the main thread stalled {gap:.3f}s of a {total:.3f}s call"
