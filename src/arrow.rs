@@ -203,7 +203,7 @@ pub fn tokenize_and_mask_batches(
 ) -> Result<ArrowEncoded> {
     let out_schema = output_schema(schema, column)?;
     let text = text_index(schema, column)?;
-    let ignore_index = i32::try_from(masker.ignore_index()).map_err(|_| {
+    i32::try_from(masker.ignore_index()).map_err(|_| {
         Error::InvalidArgument(format!(
             "ignore_index {} does not fit the int32 labels column",
             masker.ignore_index()
@@ -237,16 +237,10 @@ pub fn tokenize_and_mask_batches(
     let mut lengths = Vec::with_capacity(texts.len());
     let stats = collect_rows(masker, rows, |row_ids, row_labels| {
         lengths.push(row_ids.len());
-        // Exact: ids are below the vocabulary size and labels are ids or ignore_index (checked
-        // above to fit).
+        // Exact casts: ids are below the vocabulary size and labels are ids or ignore_index,
+        // both checked above to fit int32.
         ids.extend(row_ids.iter().map(|&id| id as i32));
-        labels.extend(row_labels.iter().map(|&l| {
-            if l == masker.ignore_index() {
-                ignore_index
-            } else {
-                l as i32
-            }
-        }));
+        labels.extend(row_labels.iter().map(|&l| l as i32));
     })?;
 
     // One buffer per output column, each batch's lists a zero-copy slice of it.
