@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef, Int32Array, ListArray, RecordBatch};
+use arrow_array::{Array, ArrayRef, GenericStringArray, Int32Array, ListArray, OffsetSizeTrait, RecordBatch};
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
 use tokenizers::Tokenizer;
@@ -115,13 +115,6 @@ fn text_index(input: &Schema, column: &str) -> Result<usize> {
 
 /// Appends the texts of `array` (rows `first_row..` of the input) to `out`.
 fn push_texts<'a>(array: &'a ArrayRef, column: &str, first_row: usize, out: &mut Vec<&'a str>) -> Result<()> {
-    // Data from another library is checked (offsets in bounds, valid UTF-8) before any text is
-    // read: a broken producer gets an error, not a crash. pyarrow has checked already; this
-    // costs a fraction of tokenizing.
-    array
-        .to_data()
-        .validate_full()
-        .map_err(|e| Error::Arrow(format!("column {} is not valid Arrow data: {e}", py_repr(column))))?;
     if let Some(nulls) = array.logical_nulls().filter(|n| n.null_count() > 0) {
         if let Some(i) = nulls.iter().position(|valid| !valid) {
             return Err(Error::Row {
@@ -130,28 +123,55 @@ fn push_texts<'a>(array: &'a ArrayRef, column: &str, first_row: usize, out: &mut
             });
         }
     }
-    let n = array.len();
     match array.data_type() {
-        DataType::Utf8 => {
-            let a = array.as_string::<i32>();
-            out.extend((0..n).map(|i| a.value(i)));
-        }
-        DataType::LargeUtf8 => {
-            let a = array.as_string::<i64>();
-            out.extend((0..n).map(|i| a.value(i)));
-        }
+        DataType::Utf8 => push_offset_texts(array.as_string::<i32>(), column, first_row, out),
+        DataType::LargeUtf8 => push_offset_texts(array.as_string::<i64>(), column, first_row, out),
         DataType::Utf8View => {
+            // Views point into several buffers; arrow-rs checks them all (bounds, UTF-8).
+            array
+                .to_data()
+                .validate_full()
+                .map_err(|e| Error::Arrow(format!("column {} is not valid Arrow data: {e}", py_repr(column))))?;
             let a = array.as_string_view();
-            out.extend((0..n).map(|i| a.value(i)));
+            out.extend((0..a.len()).map(|i| a.value(i)));
+            Ok(())
         }
-        DataType::Null => {} // no rows: a row would have been a null text above
-        other => {
-            return Err(Error::ColumnType {
-                column: column.to_owned(),
-                found: other.to_string(),
-                expected: "a string column (string, large_string or string_view)",
-            })
-        }
+        DataType::Null => Ok(()), // no rows: a row would have been a null text above
+        other => Err(Error::ColumnType {
+            column: column.to_owned(),
+            found: other.to_string(),
+            expected: "a string column (string, large_string or string_view)",
+        }),
+    }
+}
+
+/// The texts of a `string`/`large_string` array, each checked (offsets within the data, valid
+/// UTF-8) instead of trusted: the array may come from any producer over the C data interface,
+/// and a bad one gets an error naming the row, not a crash. Costs a fraction of tokenizing.
+fn push_offset_texts<'a, O: OffsetSizeTrait>(
+    a: &'a GenericStringArray<O>,
+    column: &str,
+    first_row: usize,
+    out: &mut Vec<&'a str>,
+) -> Result<()> {
+    let (offsets, data) = (a.value_offsets(), a.value_data());
+    for (i, w) in offsets.windows(2).enumerate() {
+        let bytes = w[0]
+            .to_usize()
+            .zip(w[1].to_usize())
+            .and_then(|(start, end)| data.get(start..end))
+            .ok_or_else(|| {
+                Error::Arrow(format!(
+                    "column {} is not valid Arrow data: the offsets of row {} are out of bounds",
+                    py_repr(column),
+                    first_row + i
+                ))
+            })?;
+        let text = std::str::from_utf8(bytes).map_err(|e| Error::Row {
+            row: first_row + i,
+            reason: format!("the text (column {}) is not valid UTF-8: {e}", py_repr(column)),
+        })?;
+        out.push(text);
     }
     Ok(())
 }
@@ -187,8 +207,8 @@ fn push_texts<'a>(array: &'a ArrayRef, column: &str, first_row: usize, out: &mut
 /// ```
 ///
 /// # Errors
-/// The column errors of [`output_schema`]; [`Error::Row`] for a null text (naming its row);
-/// [`Error::Arrow`] for batches that are not valid Arrow data or whose tokens overflow an
+/// The column errors of [`output_schema`]; [`Error::Row`] for a null text or one that is not
+/// UTF-8 (naming its row); [`Error::Arrow`] for batches that are not valid Arrow data or whose tokens overflow an
 /// `int32` list offset (more than 2^31 - 1 tokens in one batch); `ignore_index` or token ids
 /// that do not fit `int32` ([`Error::InvalidArgument`]); and every error of
 /// [`crate::encode::tokenize_and_mask`], with the same rows.
@@ -434,6 +454,45 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.row(), Some(4));
         assert!(err.to_string().contains("null"), "{err}");
+    }
+
+    #[test]
+    fn broken_string_arrays_are_errors_not_crashes() {
+        let (tok, masker) = setup();
+        let run = |text: StringArray| {
+            let b = batch(0..2, Arc::new(text));
+            tokenize_and_mask_batches(
+                &tok,
+                &masker,
+                &b.schema(),
+                std::slice::from_ref(&b),
+                "text",
+                EncodeOptions::default(),
+                1,
+            )
+        };
+        // SAFETY (of the test): the arrays are broken on purpose; the code under test must
+        // check them before reading a text.
+        let bad_utf8 = unsafe {
+            StringArray::new_unchecked(
+                OffsetBuffer::new_unchecked(ScalarBuffer::from(vec![0, 1, 3])),
+                Buffer::from_vec(b"x\xff\xfe".to_vec()),
+                None,
+            )
+        };
+        let err = run(bad_utf8).unwrap_err();
+        assert_eq!(err.row(), Some(1), "{err}");
+        assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+        let past_the_end = unsafe {
+            StringArray::new_unchecked(
+                OffsetBuffer::new_unchecked(ScalarBuffer::from(vec![0, 1, 1000])),
+                Buffer::from_vec(b"xy".to_vec()),
+                None,
+            )
+        };
+        let err = run(past_the_end).unwrap_err();
+        assert!(matches!(err, Error::Arrow(_)), "{err}");
+        assert!(err.to_string().contains("row 1 are out of bounds"), "{err}");
     }
 
     #[test]

@@ -223,7 +223,8 @@ def test_hostile_input():
     # Bytes that are not UTF-8 in a string column (pyarrow's from_buffers does not check them).
     offsets = pa.py_buffer(pa.array([0, 1, 3], pa.int32()).buffers()[1])
     bad = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"x\xff\xfe")])
-    raises_exactly(sftmask.OptionError, run(pa.table({"text": bad})), match="not valid Arrow data")
+    e = raises_exactly(sftmask.RowError, run(pa.table({"text": bad})), match="^row 1: .*not valid UTF-8")
+    assert e.row == 1
     # Rows without a template under on_missing="error": the first such row of the table.
     mixed = table_of([*texts[:4], "no template here", *texts[4:]], chunk=3)
     e = raises_exactly(sftmask.RowError, run(mixed, on_missing="error"), match="^row 4: response template")
