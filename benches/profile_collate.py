@@ -67,15 +67,16 @@ def main() -> int:
     masker = col._masker
     pad = col.pad_token_id
     floor = bc.floor_padded(pad)
-    arrays, _ = masker.collate(batch, pad_token_id=pad)
+    arrays, _ = masker.collate(batch)
+    single = sftmask.DataCollatorForCompletionOnlyLM(bc.RESPONSE, instruction, tokenizer=hf, num_threads=1)._masker
 
     variants = {
         "floor": floor,
         "pt": col,
         "np": lambda b: col(b, return_tensors="np"),
-        "masker": lambda b: masker.collate(b, pad_token_id=pad),
-        "masker-1thread": lambda b: masker.collate(b, pad_token_id=pad, num_threads=1),
-        "masker-numpy-input": lambda _b: masker.collate(batch_np, pad_token_id=pad),
+        "masker": masker.collate,
+        "masker-1thread": single.collate,
+        "masker-numpy-input": lambda _b: masker.collate(batch_np),
         "to_torch": lambda _b: collator_mod._to_torch(dict(arrays)),
         "list-of-lists-only": lambda b: [e["input_ids"] for e in b],
         "np.full-only (3 outputs)": lambda _b: [

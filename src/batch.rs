@@ -1,5 +1,7 @@
 //! Batch assembly: the output buffers of one collation (padded `[B, L]` or flattened `[1, T]`)
 //! and the per-row views the masking fills in place.
+//!
+//! The rule: docs/masking.md#padding, #output-shapes and #extra-keys.
 
 use crate::error::{Error, Result};
 

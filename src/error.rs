@@ -4,6 +4,8 @@
 //! Errors about one example carry its row (and position, where there is one) as fields, so a
 //! caller that feeds a dataset in chunks can re-base the row ([`Error::offset_row`]) instead of
 //! rewriting a message.
+//!
+//! The rule: docs/masking.md#errors.
 
 /// Everything that can go wrong in the core.
 ///

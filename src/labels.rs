@@ -1,5 +1,7 @@
 //! The overlap rule: a token is trained iff its byte span overlaps a response region; a token of
 //! zero width (a phantom space) iff its offset lies inside one.
+//!
+//! The rule: docs/masking.md#the-overlap-rule.
 
 use crate::regions::Region;
 use crate::text::SearchText;

@@ -28,6 +28,7 @@
 #[cfg(feature = "arrow")]
 pub mod arrow;
 pub mod batch;
+pub mod chat;
 pub mod encode;
 pub mod error;
 pub mod labels;

@@ -2,6 +2,8 @@
 //! found in the text (exact), TRL 0.19.1's token matching (`compat="trl"`), or labels the
 //! caller gives (`labels="keep"`). Per row: ids -> searchable text -> template occurrences ->
 //! regions -> labels; rows in parallel when the batch is big enough to pay for it.
+//!
+//! The rule: docs/masking.md (every section; #kept-labels for `Given`).
 
 use std::sync::Arc;
 
@@ -245,21 +247,27 @@ impl Masker {
 
     /// The response template and the instruction templates, as bytes of the searchable text
     /// (none for [`LabelSource::Given`]).
-    pub fn template_texts(&self) -> (Vec<u8>, Vec<Vec<u8>>) {
+    ///
+    /// # Errors
+    /// Only if a TRL template's ids are not in the table (they were checked when the masker was
+    /// built).
+    pub fn template_texts(&self) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
         match &self.source {
-            LabelSource::Exact { templates, .. } => (templates.response().to_vec(), templates.instructions().to_vec()),
+            LabelSource::Exact { templates, .. } => {
+                Ok((templates.response().to_vec(), templates.instructions().to_vec()))
+            }
             LabelSource::Trl {
                 response, instruction, ..
             } => {
-                let bytes = |ids: &[i64]| {
+                let bytes = |ids: &[i64]| -> Result<Vec<u8>> {
                     let mut t = SearchText::default();
-                    // The ids were checked against the table when the masker was built.
-                    t.build(&self.vocab, ids, 0).map(|()| t.bytes().to_vec())
+                    t.build(&self.vocab, ids, 0)?;
+                    Ok(t.bytes().to_vec())
                 };
-                let response = bytes(response).unwrap_or_default();
-                (response, instruction.iter().filter_map(|i| bytes(i).ok()).collect())
+                let instructions = instruction.iter().map(|i| bytes(i)).collect::<Result<Vec<_>>>()?;
+                Ok((bytes(response)?, instructions))
             }
-            LabelSource::Given => (Vec::new(), Vec::new()),
+            LabelSource::Given => Ok((Vec::new(), Vec::new())),
         }
     }
 

@@ -5,6 +5,8 @@
 //! - With instruction templates: one region per response template, from its end to the start of
 //!   the next template of either kind (or the end of the text). `TrainOn::Last` keeps only the
 //!   final one.
+//!
+//! The rule: docs/masking.md#response-regions.
 
 use crate::search::Occurrence;
 

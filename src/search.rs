@@ -3,6 +3,8 @@
 //! Occurrences never overlap and are found leftmost-first: scanning left to right, the first
 //! position where any template matches wins; at the same position the response template wins,
 //! then the instruction templates in the order given.
+//!
+//! The rule: docs/masking.md#template-search.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use memchr::memmem;

@@ -3,6 +3,8 @@
 //! `D` is the concatenation of the tokens' bytes from the [`Vocab`] table, except that a phantom
 //! space (see [`crate::vocab::PhantomScheme`]) is left out: its token keeps its place but has
 //! zero width. Tokens are contiguous, so token `i` spans `ends[i-1]..ends[i]`.
+//!
+//! The rule: docs/masking.md#searchable-text and #phantom-spaces.
 
 use crate::error::{Error, Result};
 use crate::vocab::{PhantomScheme, Vocab, KNOWN, PREFIX, SPLITS, WORD_START};

@@ -17,6 +17,8 @@
 //! -100 and no template id is negative, so no match touches the padding and match positions
 //! only shift. What differs is whether a masked range reaches into the padding, which TRL then
 //! labels `ignore_index`: [`TrlOutcome`] says so for each side.
+//!
+//! The rule: docs/masking.md#trl-compatibility-mode.
 
 /// What TRL's search found in one row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

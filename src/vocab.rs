@@ -18,6 +18,8 @@
 //! for Llama-2-style "always" tokenizers, to every segment after a special token). That byte is
 //! not in the user's text, so [`crate::text`] gives it zero width. [`PhantomScheme`] records which
 //! rule the tokenizer follows.
+//!
+//! The rule: docs/masking.md#searchable-text and #phantom-spaces.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

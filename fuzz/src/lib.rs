@@ -594,7 +594,7 @@ pub fn run_case(case: &Case) -> Outcome {
             return Outcome::NoMasker;
         }
     };
-    let (response_bytes, instruction_bytes) = masker.template_texts();
+    let (response_bytes, instruction_bytes) = masker.template_texts().expect("template texts");
     if !trl {
         assert!(!response_bytes.is_empty(), "an empty template was accepted");
     }

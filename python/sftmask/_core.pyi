@@ -28,6 +28,8 @@ __all__ = [
     "Vocab",
     "__version__",
     "_stats_from_dict",
+    "chat_regions",
+    "render_chat",
     "tokenize_and_mask",
     "tokenize_and_mask_arrow",
 ]
@@ -173,3 +175,21 @@ def tokenize_and_mask_arrow(
     add_special_tokens: bool = True,
     max_length: int | None = None,
 ) -> tuple[Any, Stats]: ...
+
+# Temporary test hooks for the chat renderer (src/python/chat.rs).
+def render_chat(
+    template: str,
+    conversations_json: str,
+    bos: str | None = None,
+    eos: str | None = None,
+    add_generation_prompt: bool = False,
+    kwargs_json: str = "{}",
+) -> list[tuple[str, str]]: ...
+def chat_regions(
+    template: str,
+    conversations_json: str,
+    special_tokens: Sequence[str],
+    bos: str | None = None,
+    eos: str | None = None,
+    kwargs_json: str = "{}",
+) -> list[tuple[str, str, list[tuple[int, int, int, str | None]]]]: ...

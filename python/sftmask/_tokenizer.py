@@ -65,9 +65,9 @@ def _cached_vocab(owner: Any, backend: Any) -> Vocab:
 def resolve(tokenizer: Any) -> TokenizerInfo:
     """Builds the byte table and reads pad/eos ids and padding side from ``tokenizer``.
 
-    >>> info = resolve("path/to/tokenizer.json")  # doctest: +SKIP
+    >>> info = resolve(tokenizer_json)
     >>> info.vocab
-    Vocab(size=151665, decoding="byte_level", phantom="never")
+    Vocab(size=151669, decoding="byte_level", phantom="never")
     """
     if tokenizer is None:
         raise TypeError(

@@ -1,7 +1,8 @@
 """A pad token for tokenizers that ship without one (Llama-3), never by setting pad = eos.
 
 >>> import sftmask
->>> pad_id = sftmask.ensure_pad_token(tokenizer, model)  # doctest: +SKIP
+>>> sftmask.ensure_pad_token(tokenizer) == tokenizer.pad_token_id  # Qwen2.5 has one already
+True
 """
 
 from __future__ import annotations

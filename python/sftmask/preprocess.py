@@ -1,8 +1,12 @@
 """Preprocessing: tokenize and mask a dataset once, instead of masking every batch.
 
+>>> import datasets
 >>> from sftmask import tokenize_and_mask
+>>> ds = datasets.Dataset.from_dict({"messages": [chat, chat]})
 >>> ds = ds.map(tokenize_and_mask, batched=True, input_columns="messages", remove_columns=ds.column_names,
-...             fn_kwargs={"tokenizer": tokenizer, "response_template": RESPONSE}, num_proc=8)  # doctest: +SKIP
+...             fn_kwargs={"tokenizer": tokenizer, "response_template": "<|im_start|>assistant\\n"})
+>>> ds.column_names
+['input_ids', 'labels']
 """
 
 from __future__ import annotations
@@ -195,8 +199,8 @@ def tokenize_and_mask(
     thread pool survives ``fork``.
 
     >>> out = tokenize_and_mask(["<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello<|im_end|>\\n"],
-    ...                         tokenizer, "<|im_start|>assistant\\n")  # doctest: +SKIP
-    >>> out.keys()  # doctest: +SKIP
+    ...                         tokenizer, "<|im_start|>assistant\\n")
+    >>> out.keys()
     dict_keys(['input_ids', 'labels'])
 
     Arrow in, Arrow out: given a ``pyarrow.Table`` or ``RecordBatch`` (or any object with
@@ -206,9 +210,9 @@ def tokenize_and_mask(
     Rust straight into Arrow buffers, for ``datasets`` (``ds.with_format("arrow")``), Ray Data
     (``batch_format="pyarrow"``) and Spark's ``mapInArrow``.
 
-    >>> import pyarrow as pa  # doctest: +SKIP
+    >>> import pyarrow as pa
     >>> tokenize_and_mask(pa.table({"id": [7], "text": ["<|im_start|>assistant\\nHi<|im_end|>"]}),
-    ...                   tokenizer, "<|im_start|>assistant\\n").column_names  # doctest: +SKIP
+    ...                   tokenizer, "<|im_start|>assistant\\n").column_names
     ['id', 'input_ids', 'labels', 'length']
 
     Args:

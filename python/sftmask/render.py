@@ -5,8 +5,9 @@ whitespace visible, with a legend), with ANSI colours when printed to a terminal
 text with ``[[…]]`` around trained text otherwise.
 
 >>> import sftmask
->>> view = sftmask.render(batch["input_ids"][0], tokenizer, batch["labels"][0])  # doctest: +SKIP
->>> view  # in Jupyter: the HTML view  # doctest: +SKIP
+>>> view = sftmask.render(batch["input_ids"][0], tokenizer, batch["labels"][0])
+>>> view  # in Jupyter: the HTML view
+MaskView(...)
 """
 
 from __future__ import annotations
@@ -127,11 +128,11 @@ def render(
     when there is one (an argument, or ``example["attention_mask"]``), else the run of the
     tokenizer's pad token on its padding side whose labels are masked.
 
-    >>> batch = collator(examples)  # doctest: +SKIP
-    >>> sftmask.render(batch["input_ids"][0], tokenizer, batch["labels"][0])  # doctest: +SKIP
-    MaskView(23 tokens, 26% trained; 9 padding positions left out)
-    >>> sftmask.render({"input_ids": ids, "labels": labels}, tokenizer).trained_text()  # doctest: +SKIP
-    ['Paris.<|eot_id|>']
+    >>> batch = collator(examples)
+    >>> sftmask.render(batch["input_ids"][1], tokenizer, batch["labels"][1])
+    MaskView(13 tokens, 8% trained; 3 padding positions left out)
+    >>> sftmask.render({"input_ids": ids, "labels": labels}, tokenizer).trained_text()
+    ['Paris.<|im_end|>\\n']
 
     Args:
         example: one row of token ids (list, numpy array, torch tensor), or a mapping with
@@ -245,8 +246,8 @@ def render_masked(masker: Any, vocab: Any, ids: Any, ignore_index: int) -> MaskV
 def trained_text(collator: Any, example: Any) -> list[str]:
     """The trained runs of one example as strings, in order (``collator.trained_text``).
 
-    >>> trained_text(collator, ids)  # doctest: +SKIP
-    ['The capital is Paris.<|im_end|>']
+    >>> trained_text(collator, ids)
+    ['Paris.<|im_end|>\\n']
     """
     return render_collated(collator, example).trained_text()
 
@@ -337,9 +338,13 @@ class MaskView:
     ``print(view)`` gives ANSI colours in a terminal and ``[[…]]`` markers otherwise; in
     Jupyter the view shows as HTML.
 
-    >>> view = collator.render(example)  # doctest: +SKIP
-    >>> print(view)  # doctest: +SKIP
-    <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n[[Hello!<|im_end|>]]
+    >>> view = collator.render(ids)
+    >>> print(view.plain())
+    <|im_start|>user
+    Capital of France?<|im_end|>
+    <|im_start|>assistant
+    [[Paris.<|im_end|>
+    ]]
     """
 
     def __init__(self, tokens: list[Token], padding: int = 0):
@@ -355,7 +360,7 @@ class MaskView:
     def trained_text(self) -> list[str]:
         """The trained runs as strings, in order (for assertions in tests).
 
-        >>> view.trained_text()  # doctest: +SKIP
+        >>> collator.render(ids).trained_text()
         ['Paris.<|im_end|>\\n']
         """
         out: list[str] = []
@@ -410,7 +415,8 @@ class MaskView:
         """A self-contained HTML fragment: one box per token (green: trained, grey: masked),
         special tokens in bold purple, whitespace as ``·`` ``↵`` ``→``, and a legend.
 
-        >>> open("mask.html", "w").write(view.html())  # doctest: +SKIP
+        >>> collator.render(ids).html().startswith("<div")
+        True
         """
         cells = []
         for t in self.tokens:

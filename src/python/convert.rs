@@ -53,20 +53,22 @@ impl Source<'_> {
         }
     }
 
-    /// What the core copies in its parallel phase.
-    pub(crate) fn row_ids(&self) -> RowIds<'_> {
-        match self {
-            // Borrowed arrays were checked C-contiguous when the source was made.
-            Source::A64(a) => a.as_slice().map_or(RowIds::InPlace, RowIds::I64),
-            Source::A32(a) => a.as_slice().map_or(RowIds::InPlace, RowIds::I32),
+    /// What the core copies in its parallel phase (Python sequences are already in place).
+    pub(crate) fn row_ids(&self, row: usize) -> PyResult<RowIds<'_>> {
+        // Borrowed arrays were checked C-contiguous when the source was made; a failure here
+        // is an error, never an empty row.
+        let slice_err = |e: numpy::AsSliceError| row_err(row, format!("cannot borrow the array: {e}"));
+        Ok(match self {
+            Source::A64(a) => RowIds::I64(a.as_slice().map_err(slice_err)?),
+            Source::A32(a) => RowIds::I32(a.as_slice().map_err(slice_err)?),
             _ => RowIds::InPlace,
-        }
+        })
     }
 
     /// All values into `out` (for sources read outside the core: templates, extra columns).
     pub(crate) fn copy_all(&self, out: &mut [i64], row: usize, key: &str) -> PyResult<()> {
         self.copy_python(out, row, key)?;
-        self.row_ids().copy_into(out);
+        self.row_ids(row)?.copy_into(out);
         Ok(())
     }
 }

@@ -128,19 +128,15 @@ impl PyMasker {
 
     /// The response template as bytes of the searchable text (empty for labels="keep").
     #[getter]
-    fn response_template<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.inner.template_texts().0)
+    fn response_template<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(py, &core(self.inner.template_texts())?.0))
     }
 
     /// The instruction templates as bytes of the searchable text.
     #[getter]
-    fn instruction_templates<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
-        self.inner
-            .template_texts()
-            .1
-            .iter()
-            .map(|t| PyBytes::new(py, t))
-            .collect()
+    fn instruction_templates<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let (_, instructions) = core(self.inner.template_texts())?;
+        Ok(instructions.iter().map(|t| PyBytes::new(py, t)).collect())
     }
 
     /// Totals over every batch this masker has collated (row indices are per call: empty here).
@@ -250,11 +246,16 @@ impl PyMasker {
                 labels.copy_python(batch.row_labels_mut(r), r, "labels")?;
             }
         }
-        let ids: Vec<RowIds<'_>> = rows.iter().map(|e| e.ids.row_ids()).collect();
-        let labels: Vec<RowIds<'_>> = rows
+        let ids = rows
             .iter()
-            .filter_map(|e| e.labels.as_ref().map(|l| l.row_ids()))
-            .collect();
+            .enumerate()
+            .map(|(r, e)| e.ids.row_ids(r))
+            .collect::<PyResult<Vec<RowIds<'_>>>>()?;
+        let labels = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(r, e)| e.labels.as_ref().map(|l| l.row_ids(r)))
+            .collect::<PyResult<Vec<RowIds<'_>>>>()?;
         let threads = self.threads();
         let masker = &self.inner;
         let stats = core(detach_guarded(py, || {

@@ -6,6 +6,7 @@
 //! errors to sftmask's exception tree (`errors`). Panics become `sftmask.InternalError`.
 
 mod arrow;
+mod chat;
 mod convert;
 mod encoder;
 mod errors;
@@ -20,6 +21,8 @@ use pyo3::prelude::*;
 mod _core {
     #[pymodule_export]
     use super::arrow::tokenize_and_mask_arrow;
+    #[pymodule_export]
+    use super::chat::{chat_regions, render_chat};
     #[pymodule_export]
     use super::encoder::{tokenize_and_mask, PyEncoder};
     #[pymodule_export]
