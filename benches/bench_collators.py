@@ -737,7 +737,11 @@ def write_report(
     L.append("")
     text = "\n".join(L)
     if path is not None:
-        path.write_text(text + "\n", encoding="utf-8")
+        # bench_preprocess.py keeps its section in the same file, between its markers: carry it over.
+        start, end = "<!-- bench_preprocess.py: start -->", "<!-- bench_preprocess.py: end -->"
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        kept = old[old.index(start) : old.index(end) + len(end)] if start in old and end in old else ""
+        path.write_text(text + "\n" + (f"\n{kept}\n" if kept else ""), encoding="utf-8")
     return text
 
 

@@ -8,7 +8,8 @@
 //! are the response) -> [`labels`] (the overlap rule) -> [`batch`] (pad or flatten into the
 //! output buffers), driven row by row by [`masker`] on a fork-safe pool ([`pool`]). [`trl`] holds
 //! TRL 0.19.1's token-level rule for `compat="trl"`. [`encode`] tokenizes and masks in one pass
-//! (the preprocessing API); [`pack`] packs masked rows into bins (best-fit decreasing).
+//! (the preprocessing API); `arrow` (cargo feature `arrow`) does the same over Arrow record
+//! batches; [`pack`] packs masked rows into bins (best-fit decreasing).
 //! The optional `python` feature adds the PyO3 binding (`src/python/`, one file per Python
 //! type), the only code that knows about Python.
 //!
@@ -24,6 +25,8 @@
 //! assert_eq!(seen.labels, vec![-100, -100, -100, 3]);
 //! ```
 
+#[cfg(feature = "arrow")]
+pub mod arrow;
 pub mod batch;
 pub mod chat;
 pub mod encode;

@@ -36,6 +36,7 @@ __all__ = [
     "pack",
 >>>>>>> pack
     "tokenize_and_mask",
+    "tokenize_and_mask_arrow",
 ]
 
 __version__: Final[str]
@@ -170,6 +171,15 @@ def tokenize_and_mask(
     add_special_tokens: bool = True,
     max_length: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]], Stats]: ...
+def tokenize_and_mask_arrow(
+    data: object,
+    encoder: Encoder,
+    masker: Masker,
+    *,
+    column: str = "text",
+    add_special_tokens: bool = True,
+    max_length: int | None = None,
+) -> tuple[Any, Stats]: ...
 
 <<<<<<< HEAD
 # Temporary test hooks for the chat renderer (src/python/chat.rs).

@@ -5,6 +5,7 @@
 //! (`py.detach`), hands output buffers to numpy without copying (`into_pyarray`), and maps core
 //! errors to sftmask's exception tree (`errors`). Panics become `sftmask.InternalError`.
 
+mod arrow;
 mod chat;
 mod convert;
 mod encoder;
@@ -19,6 +20,8 @@ use pyo3::prelude::*;
 /// The compiled core of sftmask.
 #[pymodule]
 mod _core {
+    #[pymodule_export]
+    use super::arrow::tokenize_and_mask_arrow;
     #[pymodule_export]
     use super::chat::{chat_regions, render_chat};
     #[pymodule_export]
