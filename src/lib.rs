@@ -46,4 +46,4 @@ pub use masker::{BatchStats, Inspection, Masker, Template};
 pub use regions::{regions, Region, TrainOn};
 pub use search::{Occurrence, Templates};
 pub use text::SearchText;
-pub use vocab::{Decoding, PhantomScheme, Vocab};
+pub use vocab::{Decoding, PhantomScheme, Vocab, VocabFileCheck};

@@ -48,6 +48,12 @@ class Vocab:
     def from_file(path: str | os.PathLike[str]) -> Vocab:
         """Builds (or fetches from the cache) the table for a tokenizer.json file."""
 
+    @staticmethod
+    def from_parts(
+        parts: str, vocab_file: str | os.PathLike[str]
+    ) -> tuple[Vocab, str | None, int | None, list[tuple[int, str]]]:
+        """Builds the table from a loaded tokenizer's parts and the model vocabulary of a file."""
+
     def __len__(self) -> int: ...
     @property
     def decoding(self) -> Literal["byte_level", "sentencepiece", "wordpiece"]:
@@ -59,7 +65,7 @@ class Vocab:
 
     @property
     def fingerprint(self) -> int:
-        """A stable hash of the tokenizer.json text."""
+        """A stable hash of the table: equal tables, equal fingerprints."""
 
     def token_bytes(self, id: int) -> bytes | None:
         """The bytes ``id`` stands for (no phantom rule), or None for an unknown id."""
