@@ -997,6 +997,75 @@ mod tests {
         assert_eq!(v.phantom(), PhantomScheme::Always);
     }
 
+    fn same_table(a: &Vocab, b: &Vocab) -> bool {
+        a.raw() == b.raw() && a.phantom() == b.phantom() && a.decoding() == b.decoding()
+    }
+
+    const SP: &str = r#"{"added_tokens": [{"id": 1, "content": "<s>", "special": true, "normalized": false},
+                          {"id": 4, "content": "▁x", "special": false, "normalized": true}],
+                         "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Prepend", "prepend": "▁"}]},
+                         "pre_tokenizer": null,
+                         "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                                            "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+                         "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}]},
+                         "model": {"type": "BPE", "byte_fallback": true,
+                                   "vocab": {"<unk>": 0, "▁a": 2, "<0x0A>": 3, "b\u00e9": 5, "▁x": 4},
+                                   "merges": [["▁", "a"]]}}"#;
+
+    #[test]
+    fn from_parts_equals_from_json() {
+        let whole = Vocab::from_json(SP).unwrap();
+        // The parts without a vocabulary, the vocabulary from a file written differently.
+        let parts = SP.replace(r#""vocab": {"<unk>": 0, "▁a": 2, "<0x0A>": 3, "b\u00e9": 5, "▁x": 4},"#, "");
+        let file = r#"{ "model" : { "merges": [], "type": "BPE", "vocab": {"▁x": 4, "bé": 5, "<0x0A>": 3, "▁a": 2, "<unk>": 0} } }"#;
+        let (v, check) = Vocab::from_parts(&parts, file.as_bytes()).unwrap();
+        assert!(same_table(&v, &whole));
+        assert_eq!(v.fingerprint(), whole.fingerprint());
+        assert_eq!(v.token_bytes(5), Some("bé".as_bytes()));
+        assert!(v.is_added(4) && v.raw().2[1] & PREFIX != 0);
+        assert_eq!(check.len, Some(5), "holes (id 1) are fine");
+        assert_eq!(check.kind.as_deref(), Some("BPE"));
+        assert!(check.sample.contains(&(5, "bé".into())) && check.sample.contains(&(0, "<unk>".into())));
+    }
+
+    #[test]
+    fn repeated_ids_are_not_vouched_for() {
+        let file = br#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}}}"#;
+        let parts = r#"{"model": {"type": "BPE"}, "decoder": {"type": "ByteLevel"}}"#;
+        assert_eq!(Vocab::from_parts(parts, file).unwrap().1.len, None);
+        let unigram = br#"{"model": {"type": "Unigram", "vocab": [["a", 0.0], ["a", -1.0]]}}"#;
+        assert_eq!(Vocab::from_parts(parts, unigram).unwrap().1.len, Some(2));
+        assert!(Vocab::from_parts(parts, b"{\"model\": ").is_err());
+    }
+
+    #[test]
+    fn fingerprint_is_the_tables() {
+        let a = Vocab::from_json(SP).unwrap();
+        let spaced = Vocab::from_json(&SP.replace(": ", " :  ")).unwrap();
+        assert_eq!(a.fingerprint(), spaced.fingerprint(), "same table, other text");
+        let other = Vocab::from_json(&SP.replace(r#""▁a": 2"#, r#""▁b": 2"#)).unwrap();
+        assert_ne!(a.fingerprint(), other.fingerprint());
+        let nfkc = Vocab::from_json(&SP.replace(r#"{"type": "NFC"}"#, r#"{"type": "NFKC"}"#)).unwrap();
+        assert!(a.raw() == nfkc.raw() && a.fingerprint() != nfkc.fingerprint(), "normalizers count");
+    }
+
+    #[test]
+    fn mix_does_not_depend_on_chunking() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut whole = Mix::default();
+        whole.bytes(&data);
+        let mut parts = Mix::default();
+        for c in data.chunks(3) {
+            parts.bytes(c);
+        }
+        assert_eq!(whole.finish(), parts.finish());
+        let mut shorter = Mix::default();
+        shorter.bytes(&data[..99]);
+        let mut zero = Mix::default();
+        zero.bytes(&[&data[..99], &[0u8][..]].concat());
+        assert_ne!(shorter.finish(), zero.finish());
+    }
+
     #[test]
     fn cache_returns_same_table() {
         let json = r#"{"model": {"type": "BPE", "vocab": {"x": 0}, "merges": []}, "decoder": {"type": "ByteLevel"}}"#;
