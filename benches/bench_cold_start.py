@@ -25,6 +25,9 @@ Nothing is asserted. Usage::
 
     python benches/bench_cold_start.py            # writes its section of benches/RESULTS.md
     python benches/bench_cold_start.py --no-write --repeat 1
+    # against an older build: maturin build --release -o W (at the old commit), then
+    # pip install --no-deps --target OLD W/*.whl
+    python benches/bench_cold_start.py --before OLD
 """
 
 from __future__ import annotations
@@ -134,18 +137,22 @@ def synthetic_262k_folder(root: Path) -> Path:
     return folder
 
 
-def fresh(args: list[str]) -> dict[str, float]:
+def fresh(args: list[str], before: Path | None = None) -> dict[str, float]:
+    env = dict(os.environ)
+    if before is not None:  # another sftmask build, installed with `pip install --target`
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(before), env.get("PYTHONPATH")]))
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, timeout=600, check=False, env=env
     )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return {k: float(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 
 
-def measure(folder: Path, repeat: int, scratch: Path) -> dict[str, float]:
+def measure(folder: Path, repeat: int, scratch: Path, before: Path | None) -> dict[str, float]:
     collator_pkl, tokenizer_pkl = scratch / "collator.pkl", scratch / "tokenizer.pkl"
     keys = ("fast", "to_str_path", "to_str", "unpickle_c", "unpickle_share", "unpickle_t")
+    keys += ("before", "before_share") if before is not None else ()
     runs: dict[str, list[float]] = {k: [] for k in keys}
     for i in range(repeat):
         # Interleaved, so a load change on the machine hits every measurement alike.
@@ -157,6 +164,11 @@ def measure(folder: Path, repeat: int, scratch: Path) -> dict[str, float]:
         runs["unpickle_c"].append(worker["ms"])
         runs["unpickle_share"].append(worker["setstate_ms"])
         runs["unpickle_t"].append(fresh([str(folder), "unpickle_tokenizer", str(tokenizer_pkl)])["ms"])
+        if before is not None:
+            old_pkl = scratch / "collator_before.pkl"
+            extra = [str(old_pkl), str(scratch / "tokenizer_before.pkl")] if i == 0 else []
+            runs["before"].append(fresh([str(folder), "collator", TEMPLATE, *extra], before)["ms"])
+            runs["before_share"].append(fresh([str(folder), "unpickle_collator", str(old_pkl)], before)["setstate_ms"])
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
@@ -168,13 +180,13 @@ def table(results: dict[str, dict[str, float]], sizes: dict[str, int], repeat: i
         ("`pickle.loads` of a pickled collator (tokenizer included)", "unpickle_c"),
         ("… of which sftmask's rebuild (the collator's `__setstate__`)", "unpickle_share"),
         ("`pickle.loads` of the tokenizer alone, for scale", "unpickle_t"),
+        ("before: first collator, the `--before` build", "before"),
+        ("before: its collator's `__setstate__` in a worker", "before_share"),
     ]
+    rows = [r for r in rows if all(r[1] in results[n] for n in results)]
     names = list(results)
-    head = "| fresh process, ms (median of %d) | %s |\n|---|%s\n" % (
-        repeat,
-        " | ".join(f"{n} ({sizes[n]:,} ids)" for n in names),
-        "---|" * len(names),
-    )
+    columns = " | ".join(f"{n} ({sizes[n]:,} ids)" for n in names)
+    head = f"| fresh process, ms (median of {repeat}) | {columns} |\n|---|{'---|' * len(names)}\n"
     body = "".join(
         f"| {label} | " + " | ".join(f"{results[n][key]:.0f}" for n in names) + " |\n" for label, key in rows
     )
@@ -195,6 +207,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="fresh processes per measurement (median)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benches/RESULTS.md alone")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also time an older sftmask build (a folder it was `pip install --target`-ed into)",
+    )
+    parser.add_argument("--before-label", default="an older build", help="what --before is, for the report")
     args = parser.parse_args()
     import sftmask
 
@@ -209,13 +227,15 @@ def main() -> int:
             folder = build(root)
             sizes[name] = len(sftmask.Vocab.from_file(folder / "tokenizer.json"))
             print(f"{name}: {sizes[name]:,} ids", flush=True)
-            results[name] = measure(folder, args.repeat, root)
+            results[name] = measure(folder, args.repeat, root, args.before)
             print(json.dumps({k: round(v, 1) for k, v in results[name].items()}), flush=True)
     text = (
         "## Cold start: the first collator in a fresh process (issue 11)\n\n"
         f"`python benches/bench_cold_start.py`, {started}, commit {commit.stdout.strip()}, "
         f"{os.cpu_count()} cores, load average {load_before:.2f} before / {os.getloadavg()[0]:.2f} after. "
-        "Tokenizers loaded with `AutoTokenizer.from_pretrained(folder)` before the clock starts.\n\n"
+        "Tokenizers loaded with `AutoTokenizer.from_pretrained(folder)` before the clock starts."
+        + (f" `--before`: {args.before_label}." if args.before else "")
+        + "\n\n"
         + table(results, sizes, args.repeat)
         + "\n"
     )

@@ -180,20 +180,74 @@ impl<'de: 'a, 'a> Deserialize<'de> for VocabJson<'a> {
     }
 }
 
-/// Only `model.type` and `model.vocab` of a tokenizer.json; everything else, merges included,
-/// is skipped by the parser without being kept.
-#[derive(Deserialize)]
-struct VocabOnlyFile<'a> {
-    #[serde(borrow)]
-    model: VocabOnlyModel<'a>,
-}
+/// `model.type` and `model.vocab` of a tokenizer.json, and nothing else: the parser stops right
+/// after the vocabulary when the type was already seen (where the tokenizers crate writes them,
+/// before the merges, which are then never scanned: ~30% of a file); what comes before is
+/// skipped without being kept.
+fn model_vocab_of(file: &[u8]) -> Result<(Option<String>, VocabJson<'_>)> {
+    use serde::de::{DeserializeSeed, Error as _, IgnoredAny};
 
-#[derive(Deserialize)]
-struct VocabOnlyModel<'a> {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default, borrow)]
-    vocab: Option<VocabJson<'a>>,
+    type Found<'a> = Option<(Option<String>, VocabJson<'a>)>;
+    struct Top<'s, 'a>(&'s mut Found<'a>);
+    struct Model<'s, 'a>(&'s mut Found<'a>);
+
+    impl<'de: 'a, 'a> Visitor<'de> for Top<'_, 'a> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a tokenizer.json object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<(), A::Error> {
+            while let Some(Token(key)) = m.next_key::<Token<'de>>()? {
+                if key == "model" {
+                    m.next_value_seed(Model(&mut *self.0))?;
+                } else {
+                    m.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+    impl<'de: 'a, 'a> DeserializeSeed<'de> for Model<'_, 'a> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de: 'a, 'a> Visitor<'de> for Model<'_, 'a> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a model object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<(), A::Error> {
+            let (mut kind, mut vocab) = (None, None);
+            while let Some(Token(key)) = m.next_key::<Token<'de>>()? {
+                match &*key {
+                    "type" => kind = Some(m.next_value::<String>()?),
+                    "vocab" => vocab = Some(m.next_value::<VocabJson<'a>>()?),
+                    _ => {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+                if kind.is_some() && vocab.is_some() {
+                    *self.0 = Some((kind, vocab.unwrap_or(VocabJson(Vec::new()))));
+                    // All that is needed is read: end the parse here. The caller knows this
+                    // error by the filled slot.
+                    return Err(A::Error::custom("stop"));
+                }
+            }
+            *self.0 = Some((kind, vocab.unwrap_or(VocabJson(Vec::new()))));
+            Ok(())
+        }
+    }
+
+    let mut found: Found<'_> = None;
+    let mut de = serde_json::Deserializer::from_slice(file);
+    let parsed = de.deserialize_map(Top(&mut found));
+    match (found, parsed) {
+        (Some(found), _) => Ok(found),
+        (None, Err(e)) => Err(Error::TokenizerJson(e.to_string())),
+        (None, Ok(())) => Err(Error::TokenizerJson("missing field `model`".into())),
+    }
 }
 
 /// Every component of a possibly nested `Sequence` (normalizers, pre-tokenizers, decoders,
@@ -512,14 +566,13 @@ impl Vocab {
     /// As [`Vocab::from_json`], for either text.
     pub fn from_parts(parts: &str, vocab_file: &[u8]) -> Result<(Self, VocabFileCheck)> {
         let file: TokenizerFile = serde_json::from_str(parts).map_err(|e| Error::TokenizerJson(e.to_string()))?;
-        let vocab: VocabOnlyFile =
-            serde_json::from_slice(vocab_file).map_err(|e| Error::TokenizerJson(e.to_string()))?;
-        let model_vocab = vocab.model.vocab.as_ref().map(|v| v.0.as_slice()).unwrap_or(&[]);
+        let (kind, vocab) = model_vocab_of(vocab_file)?;
+        let model_vocab = vocab.0.as_slice();
         let table = Self::build(&file, model_vocab)?;
         Ok((
             table,
             VocabFileCheck {
-                kind: vocab.model.kind,
+                kind,
                 len: unique_ids_len(model_vocab),
                 sample: sample_of(model_vocab),
             },
@@ -868,22 +921,12 @@ fn sample_of(model_vocab: &[(u32, Cow<'_, str>)]) -> Vec<(u32, String)> {
 
 /// A fast streaming 64-bit mix over 8-byte words (SipHash would cost ~30 ms on a 20 MB text).
 /// Not for adversaries: it keys caches and tells tables apart.
+#[derive(Default)]
 struct Mix {
     h: u64,
     pending: [u8; 8],
     n: usize,
     total: u64,
-}
-
-impl Default for Mix {
-    fn default() -> Self {
-        Mix {
-            h: 0,
-            pending: [0; 8],
-            n: 0,
-            total: 0,
-        }
-    }
 }
 
 impl Mix {
@@ -1016,7 +1059,10 @@ mod tests {
     fn from_parts_equals_from_json() {
         let whole = Vocab::from_json(SP).unwrap();
         // The parts without a vocabulary, the vocabulary from a file written differently.
-        let parts = SP.replace(r#""vocab": {"<unk>": 0, "▁a": 2, "<0x0A>": 3, "b\u00e9": 5, "▁x": 4},"#, "");
+        let parts = SP.replace(
+            r#""vocab": {"<unk>": 0, "▁a": 2, "<0x0A>": 3, "b\u00e9": 5, "▁x": 4},"#,
+            "",
+        );
         let file = r#"{ "model" : { "merges": [], "type": "BPE", "vocab": {"▁x": 4, "bé": 5, "<0x0A>": 3, "▁a": 2, "<unk>": 0} } }"#;
         let (v, check) = Vocab::from_parts(&parts, file.as_bytes()).unwrap();
         assert!(same_table(&v, &whole));
@@ -1039,6 +1085,27 @@ mod tests {
     }
 
     #[test]
+    fn vocab_file_is_read_up_to_its_vocabulary() {
+        let parts = r#"{"model": {"type": "BPE"}, "decoder": {"type": "ByteLevel"}}"#;
+        let read = |file: &str| Vocab::from_parts(parts, file.as_bytes()).map(|(v, c)| (v.len(), c.kind, c.len));
+        let want = Ok((2, Some("BPE".to_string()), Some(2)));
+        // Where tokenizers writes them: the parse ends after the vocabulary, merges unread.
+        assert_eq!(
+            read(r#"{"added_tokens": [], "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": [oops"#),
+            want
+        );
+        // Type after the vocabulary: read to the end of the model.
+        assert_eq!(
+            read(r#"{"model": {"vocab": {"a": 0, "b": 1}, "merges": [], "type": "BPE"}, "x": 1}"#),
+            want
+        );
+        assert!(read(r#"{"model": {"vocab": {"a": 0, "b": 1}, "merges": [oops"#).is_err());
+        assert!(read(r#"{"added_tokens": [oops], "model": {"type": "BPE", "vocab": {"a": 0}}}"#).is_err());
+        assert!(matches!(read(r#"{"version": "1.0"}"#), Err(Error::TokenizerJson(_))));
+        assert!(matches!(read("[]"), Err(Error::TokenizerJson(_))));
+    }
+
+    #[test]
     fn fingerprint_is_the_tables() {
         let a = Vocab::from_json(SP).unwrap();
         let spaced = Vocab::from_json(&SP.replace(": ", " :  ")).unwrap();
@@ -1046,7 +1113,10 @@ mod tests {
         let other = Vocab::from_json(&SP.replace(r#""▁a": 2"#, r#""▁b": 2"#)).unwrap();
         assert_ne!(a.fingerprint(), other.fingerprint());
         let nfkc = Vocab::from_json(&SP.replace(r#"{"type": "NFC"}"#, r#"{"type": "NFKC"}"#)).unwrap();
-        assert!(a.raw() == nfkc.raw() && a.fingerprint() != nfkc.fingerprint(), "normalizers count");
+        assert!(
+            a.raw() == nfkc.raw() && a.fingerprint() != nfkc.fingerprint(),
+            "normalizers count"
+        );
     }
 
     #[test]

@@ -10,9 +10,9 @@ import pickle
 import shutil
 
 import pytest
-from build_tokenizers import fixture_info, tokenizer_path
 
 import sftmask
+from build_tokenizers import fixture_info, tokenizer_path
 from sftmask import _tokenizer
 
 # Texts that cross word starts, special tokens (phantom spaces after them), bytes, accents.
