@@ -98,8 +98,8 @@ impl PyVocab {
 
     /// Builds the table from a loaded tokenizer's own parts (`parts`: a tokenizer.json text
     /// without the model vocabulary) and the model vocabulary of the file `vocab_file`; also
-    /// returns the file's model type, its id count (None unless its ids are exactly 0..n) and
-    /// sampled (id, token) pairs, to be confirmed against the loaded tokenizer.
+    /// returns the file's model type, its number of vocabulary entries (None when an id repeats)
+    /// and sampled (id, token) pairs, to be confirmed against the loaded tokenizer.
     ///
     /// >>> vocab, kind, n, sample = Vocab.from_parts(parts, "tokenizer.json")  # doctest: +SKIP
     #[staticmethod]
