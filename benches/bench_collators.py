@@ -52,6 +52,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -737,11 +738,12 @@ def write_report(
     L.append("")
     text = "\n".join(L)
     if path is not None:
-        # bench_preprocess.py keeps its section in the same file, between its markers: carry it over.
-        start, end = "<!-- bench_preprocess.py: start -->", "<!-- bench_preprocess.py: end -->"
+        # Sections other benches keep in the same file (bench_preprocess, bench_cold_start, bench_pack)
+        # survive a rewrite.
         old = path.read_text(encoding="utf-8") if path.exists() else ""
-        kept = old[old.index(start) : old.index(end) + len(end)] if start in old and end in old else ""
-        path.write_text(text + "\n" + (f"\n{kept}\n" if kept else ""), encoding="utf-8")
+        blocks = re.finditer(r"<!-- (\w+):begin -->.*?<!-- \1:end -->\n", old, flags=re.S)
+        tail = "".join("\n" + m.group(0) for m in blocks)
+        path.write_text(text + "\n" + tail, encoding="utf-8")
     return text
 
 

@@ -173,11 +173,16 @@ def main() -> None:
             f"| {r['rows']:,} | {r['tokens']:,} | {r['seconds']:.3f} | {r['rows'] / r['seconds']:,.0f} | "
             f"{r['bins']:,} | {r['fill']:.4f} |"
         )
-    section = "\n".join(lines) + "\n"
+    # Between markers, so bench_collators.py's full rewrite of the file keeps the section.
+    begin, end = "<!-- bench_pack:begin -->", "<!-- bench_pack:end -->"
+    section = begin + "\n" + "\n".join(lines) + "\n" + end + "\n"
     out_path = args.out or REPO / "benches" / "RESULTS.md"
     text = out_path.read_text() if out_path.exists() else ""
-    pattern = re.compile(r"^## Packing \(issue 12\).*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     out_path.write_text(text)
     print(f"wrote {out_path}", file=sys.stderr)
 

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
-START = "<!-- bench_preprocess.py: start -->"
-END = "<!-- bench_preprocess.py: end -->"
+START = "<!-- bench_preprocess:begin -->"
+END = "<!-- bench_preprocess:end -->"
 
 
 def replace_section(path: Path, section: str) -> None:

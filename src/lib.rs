@@ -55,4 +55,4 @@ pub use regions::{regions, Region, TrainOn};
 pub use search::{Occurrence, Templates};
 pub use stats::Stats;
 pub use text::SearchText;
-pub use vocab::{Decoding, PhantomScheme, Vocab};
+pub use vocab::{Decoding, PhantomScheme, Vocab, VocabFileCheck};

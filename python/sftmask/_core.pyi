@@ -29,12 +29,9 @@ __all__ = [
     "Vocab",
     "__version__",
     "_stats_from_dict",
-<<<<<<< HEAD
     "chat_regions",
-    "render_chat",
-=======
     "pack",
->>>>>>> pack
+    "render_chat",
     "tokenize_and_mask",
     "tokenize_and_mask_arrow",
 ]
@@ -110,6 +107,10 @@ class Vocab:
     def from_json(json: str) -> Vocab: ...
     @staticmethod
     def from_file(path: str | os.PathLike[str]) -> Vocab: ...
+    @staticmethod
+    def from_parts(
+        parts: str, vocab_file: str | os.PathLike[str]
+    ) -> tuple[Vocab, str | None, int | None, list[tuple[int, str]]]: ...
     def __len__(self) -> int: ...
     @property
     def decoding(self) -> Literal["byte_level", "sentencepiece", "wordpiece"]: ...
@@ -181,7 +182,6 @@ def tokenize_and_mask_arrow(
     max_length: int | None = None,
 ) -> tuple[Any, Stats]: ...
 
-<<<<<<< HEAD
 # Temporary test hooks for the chat renderer (src/python/chat.rs).
 def render_chat(
     template: str,
@@ -199,7 +199,7 @@ def chat_regions(
     eos: str | None = None,
     kwargs_json: str = "{}",
 ) -> list[tuple[str, str, list[tuple[int, int, int, str | None]]]]: ...
-=======
+
 @final
 class PackStats:
     @property
@@ -236,4 +236,3 @@ def pack(
     ignore_index: int = -100,
     offsets: _Ids | None = None,
 ) -> tuple[dict[str, npt.NDArray[np.int64]], PackStats]: ...
->>>>>>> pack
