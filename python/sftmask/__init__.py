@@ -7,8 +7,9 @@ A Rust drop-in for TRL's ``DataCollatorForCompletionOnlyLM``: change one import 
 >>> collator.stats.rows
 0
 
-Also: ``ensure_pad_token`` (a pad token for Llama-3 without resizing), ``render`` (see a mask),
-``tokenize_and_mask`` (preprocess a dataset once), and the ``sftmask check`` command. Every error
+Also: ``chat_markers`` (a chat template's collator templates), ``ensure_pad_token`` (a pad
+token for Llama-3 without resizing), ``render`` (see a mask), ``tokenize_and_mask`` (preprocess a
+dataset once), and the ``sftmask check`` command. Every error
 is a :class:`SftmaskError` (and a ``ValueError`` or ``TypeError``); errors about one example are
 :class:`RowError` with its ``row``.
 """
@@ -28,12 +29,14 @@ from sftmask._core import (
     Vocab,
     __version__,
 )
+from sftmask.chat import ChatMarkers, chat_markers
 from sftmask.collator import CollatorStats, DataCollatorForCompletionOnlyLM
 from sftmask.pad import ensure_pad_token
 from sftmask.preprocess import tokenize_and_mask
 from sftmask.render import MaskView, render
 
 __all__ = [
+    "ChatMarkers",
     "CollatorStats",
     "DataCollatorForCompletionOnlyLM",
     "Encoder",
@@ -50,6 +53,7 @@ __all__ = [
     "TokenizerError",
     "Vocab",
     "__version__",
+    "chat_markers",
     "ensure_pad_token",
     "render",
     "tokenize_and_mask",
