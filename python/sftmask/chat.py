@@ -98,7 +98,10 @@ def _turn_start(before: str, full: str, anchor: str, sentinel: str, tokens: tupl
     templates close a conversation's last turn differently, e.g. with an EOS)."""
     between = full[full.index(anchor) + len(anchor) : full.index(sentinel)]
     end = _after(before, anchor)
-    return between[_common_prefix(end, between, tokens) :]
+    start = between[_common_prefix(end, between, tokens) :]
+    # A template that writes the next turn's header as the end of the last one (GLM's
+    # "answer<|user|>"): the header is all of it.
+    return start if start.strip() else between
 
 
 def chat_markers(tokenizer: Any, *, chat_template: str | None = None, **template_kwargs: Any) -> ChatMarkers:
@@ -312,7 +315,7 @@ class _Probe:
             call = {"id": _CALL_ID, "type": "function", "function": {"name": _TOOL_NAME, "arguments": arguments}}
             messages = [
                 *self.msgs(("user", _U1)),
-                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "assistant", "content": self.content(""), "tool_calls": [call]},
                 {"role": "tool", "tool_call_id": _CALL_ID, "name": _TOOL_NAME, "content": self.content(_T)},
             ]
             try:
