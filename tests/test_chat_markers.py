@@ -82,7 +82,7 @@ def quotes_a_marker(messages: list[dict[str, Any]], markers: sftmask.ChatMarkers
 def compare(name: str, convs: list[dict[str, Any]] = CONVERSATIONS) -> Counter[str]:
     """Collator labels (markers derived from the template) against the region rule, per token.
 
-    A differing token is allowed only where markers cannot know (docs/chat-templates.md, rule 16):
+    A differing token is allowed only where markers cannot know (docs/chat-templates.md, rule 17):
     (1) "separator": trained by the collator, not by the rule, and it starts in the whitespace
         that directly follows a region's end (the "\\n" after <|im_end|>): marker mode trains up
         to the next header;

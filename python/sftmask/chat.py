@@ -305,7 +305,11 @@ class _Probe:
             guess = user.replace(a, b)
             if guess != user and guess in before:
                 return guess
-        self.notes.append("system: no text that starts the system turn could be told apart")
+        # DeepSeek writes the system prompt bare after BOS: nothing to search for, and nothing
+        # lost (a system prompt comes before the first answer, which is never trained).
+        self.notes.append(
+            "system: the system prompt has no turn start of its own (written bare or inside another turn)"
+        )
         return None
 
     def tool(self, p1: str, f2: str, response: str) -> str | None:
