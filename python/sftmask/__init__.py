@@ -7,10 +7,11 @@ A Rust drop-in for TRL's ``DataCollatorForCompletionOnlyLM``: change one import 
 >>> collator.stats.rows
 0
 
-Also: ``ensure_pad_token`` (a pad token for Llama-3 without resizing), ``render`` (see a mask),
-``tokenize_and_mask`` (preprocess a dataset once), ``pack`` (masked rows into bins), and the
-``sftmask check`` command. Every error is a :class:`SftmaskError` (and a ``ValueError`` or
-``TypeError``); errors about one example are :class:`RowError` with its ``row``.
+Also: ``chat_markers`` (a chat template's collator templates), ``ensure_pad_token`` (a pad
+token for Llama-3 without resizing), ``render`` (see a mask), ``tokenize_and_mask`` (preprocess a
+dataset once), ``pack`` (masked rows into bins), and the ``sftmask check`` command. Every error
+is a :class:`SftmaskError` (and a ``ValueError`` or ``TypeError``); errors about one example are
+:class:`RowError` with its ``row``.
 """
 
 from sftmask._core import (
@@ -29,6 +30,7 @@ from sftmask._core import (
     Vocab,
     __version__,
 )
+from sftmask.chat import ChatMarkers, chat_markers
 from sftmask.collator import CollatorStats, DataCollatorForCompletionOnlyLM
 from sftmask.pack import pack
 from sftmask.pad import ensure_pad_token
@@ -36,6 +38,7 @@ from sftmask.preprocess import tokenize_and_mask
 from sftmask.render import MaskView, render
 
 __all__ = [
+    "ChatMarkers",
     "CollatorStats",
     "DataCollatorForCompletionOnlyLM",
     "Encoder",
@@ -53,6 +56,7 @@ __all__ = [
     "TokenizerError",
     "Vocab",
     "__version__",
+    "chat_markers",
     "ensure_pad_token",
     "pack",
     "render",
