@@ -8,7 +8,8 @@
 //! are the response) -> [`labels`] (the overlap rule) -> [`batch`] (pad or flatten into the
 //! output buffers), driven row by row by [`masker`] on a fork-safe pool ([`pool`]). [`trl`] holds
 //! TRL 0.19.1's token-level rule for `compat="trl"`. [`encode`] tokenizes and masks in one pass
-//! (the preprocessing API).
+//! (the preprocessing API); [`messages`] renders conversations with their chat template
+//! ([`chat`]) and labels the assistant turns.
 //! The optional `python` feature adds the PyO3 binding (`src/python/`, one file per Python
 //! type), the only code that knows about Python.
 //!
@@ -30,6 +31,7 @@ pub mod encode;
 pub mod error;
 pub mod labels;
 pub mod masker;
+pub mod messages;
 pub mod options;
 pub mod pool;
 pub mod regions;
