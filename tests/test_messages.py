@@ -142,14 +142,18 @@ def check_template(name: str, convs: list[dict[str, Any]], train_on: str = "all"
         return {"skipped": len(wanted)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback warning and the not-located warning
-        out, stats = sftmask.tokenize_and_mask(
-            [c["messages"] for c, _ in kept],
-            tok,
-            tools=None,
-            train_on=train_on,
-            return_stats=True,
-            num_threads=2,
-        ) if all(c["tools"] is None for c, _ in kept) else _per_row_tools(kept, tok, train_on)
+        out, stats = (
+            sftmask.tokenize_and_mask(
+                [c["messages"] for c, _ in kept],
+                tok,
+                tools=None,
+                train_on=train_on,
+                return_stats=True,
+                num_threads=2,
+            )
+            if all(c["tools"] is None for c, _ in kept)
+            else _per_row_tools(kept, tok, train_on)
+        )
     not_located = 0
     for r, ((conv, (kind, want)), ids, labels) in enumerate(zip(kept, out["input_ids"], out["labels"])):
         if kind == "not_located":
@@ -354,7 +358,10 @@ def test_not_located_is_counted_and_on_missing_decides() -> None:
 
 
 def test_turn_without_end_marker_is_counted() -> None:
-    source = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    source = (
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
     _, stats = sftmask.tokenize_and_mask([TWO_TURNS], tokenizer_for(QWEN), chat_template=source, return_stats=True)
     assert stats.turns_without_end_marker == 2
 

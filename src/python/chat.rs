@@ -204,7 +204,8 @@ impl PyChatTemplate {
 /// (True, [], [])
 #[pyfunction]
 #[pyo3(signature = (template, encoder, rows, *, rendered = None, kwargs_json = "{}", train_on = "all",
-                    ignore_index = -100, max_length = None, on_missing = "warn", num_threads = None))]
+                    ignore_index = -100, max_length = None, on_missing = "warn", num_threads = None),
+       text_signature = "(template, encoder, rows, *, rendered=None, kwargs_json='{}', train_on='all', ignore_index=-100, max_length=None, on_missing='warn', num_threads=None)")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn tokenize_conversations(
     py: Python<'_>,
