@@ -27,6 +27,10 @@ pub struct ConversationOptions {
     /// A row whose trained turns cannot be located exactly: counted, and an error under
     /// [`OnMissing::Error`]; its labels are all `ignore_index` otherwise (never a guessed mask).
     pub on_missing: OnMissing,
+    /// Train the reasoning of an assistant message with its answer (`true`), or mask it: then a
+    /// message with `reasoning_content`/`thinking` is trained from where its content starts
+    /// (located exactly, see `content_start`, or the row is an error).
+    pub train_reasoning: bool,
 }
 
 impl Default for ConversationOptions {
@@ -36,6 +40,7 @@ impl Default for ConversationOptions {
             ignore_index: -100,
             max_length: None,
             on_missing: OnMissing::Warn,
+            train_reasoning: true,
         }
     }
 }
@@ -126,6 +131,66 @@ fn bool_of(v: &Value) -> Option<bool> {
     (v.kind() == minijinja::value::ValueKind::Bool).then(|| v.is_true())
 }
 
+/// A text no real content holds (private-use characters around a name).
+const SENTINEL: &str = "\u{E000}sftmask-content\u{E001}";
+
+/// Where the content of assistant message `i` starts in the rendering of `items[..=i]`, found
+/// exactly: the message is rendered once more with its content replaced by a sentinel, which must
+/// occur once, and putting the content back in place of the sentinel must give the real rendering
+/// byte for byte. `None` when the template treats the content in a way this cannot see through
+/// (it parses or transforms it), or the content is not a string.
+fn content_start(
+    template: &ChatTemplate,
+    items: &[Value],
+    i: usize,
+    tools: Option<&Value>,
+    extra: &[(String, Value)],
+) -> Option<usize> {
+    let message = items.get(i)?;
+    let content = message.get_attr("content").ok()?;
+    let content = content.as_str()?.to_owned();
+    // The same message with the sentinel as content, its keys in their order: rebuilt through
+    // JSON, as the rows were parsed (minijinja builds ordered maps only when deserializing).
+    let mut json = String::from("{");
+    for (n, k) in message.try_iter().ok()?.enumerate() {
+        let v = if k.as_str() == Some("content") {
+            Value::from(SENTINEL)
+        } else {
+            message.get_item(&k).ok()?
+        };
+        if n > 0 {
+            json.push(',');
+        }
+        json.push_str(&serde_json::to_string(&k).ok()?);
+        json.push(':');
+        json.push_str(&serde_json::to_string(&v).ok()?);
+    }
+    json.push('}');
+    let mut probe = items[..=i].to_vec();
+    probe[i] = serde_json::from_str(&json).ok()?;
+    let with_sentinel = template.render(&Value::from(probe), tools, extra, false).ok()?;
+    let real = template
+        .render(&Value::from(items[..=i].to_vec()), tools, extra, false)
+        .ok()?;
+    let at = with_sentinel.find(SENTINEL)?;
+    let once = !with_sentinel[at + SENTINEL.len()..].contains(SENTINEL);
+    let same = with_sentinel.len() - SENTINEL.len() + content.len() == real.len()
+        && real.starts_with(&with_sentinel[..at])
+        && real[at..].starts_with(content.as_str())
+        && real[at + content.len()..] == with_sentinel[at + SENTINEL.len()..];
+    (once && same).then_some(at)
+}
+
+fn has_reasoning(message: &Value) -> bool {
+    ["reasoning_content", "thinking"].iter().any(|k| {
+        message
+            .get_attr(k)
+            .ok()
+            .and_then(|v| v.as_str().map(|s| !s.is_empty()))
+            .unwrap_or(false)
+    })
+}
+
 /// Renders, tokenizes and labels each conversation, using up to `threads` threads. `template`
 /// is `Err(reason)` for a template the Rust renderer cannot compile (every row not already
 /// rendered is then a fallback row). `extra` are the template kwargs (`enable_thinking`, ...).
@@ -186,6 +251,14 @@ pub fn tokenize_conversations(
         let mut not_located = None;
         let (text, mut spans) = match &conv.rendered {
             Some((text, located)) => {
+                if !options.train_reasoning && items.iter().any(has_reasoning) {
+                    return Err(row_err(
+                        r,
+                        "reasoning='mask' is not supported yet for conversations rendered by transformers \
+                         (the Rust renderer cannot render this template)"
+                            .into(),
+                    ));
+                }
                 let mut spans = Vec::new();
                 for (i, _) in trained.iter().enumerate().filter(|(_, t)| **t) {
                     match located.iter().find(|l| l.message == i).map(|l| &l.span) {
@@ -210,10 +283,27 @@ pub fn tokenize_conversations(
                 let select = |i: usize, _: &Value| trained.get(i).copied().unwrap_or(false);
                 match template.render_with_regions_where(&conv.messages, conv.tools.as_ref(), extra, &markers, select) {
                     Ok((text, regions)) => {
-                        let spans = regions
-                            .into_iter()
-                            .map(|g| (g.start, g.end, g.marker.is_some()))
-                            .collect();
+                        let mut spans = Vec::with_capacity(regions.len());
+                        for g in regions {
+                            let mut start = g.start;
+                            if !options.train_reasoning && has_reasoning(&items[g.message]) {
+                                match content_start(template, &items, g.message, conv.tools.as_ref(), extra) {
+                                    Some(at) if (g.start..=g.end).contains(&at) => start = at,
+                                    _ => {
+                                        return Err(row_err(
+                                            r,
+                                            format!(
+                                                "reasoning='mask': where the answer of message {} starts after its \
+                                                 reasoning cannot be located exactly with this template (not \
+                                                 supported yet); use reasoning='train'",
+                                                g.message
+                                            ),
+                                        ))
+                                    }
+                                }
+                            }
+                            spans.push((start, g.end, g.marker.is_some()));
+                        }
                         (text, spans)
                     }
                     Err(e @ ChatError::NotLocated { .. }) => {

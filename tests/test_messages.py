@@ -223,9 +223,51 @@ def test_max_length_truncation_is_counted() -> None:
     assert out["labels"] == [labels[:n] for labels in full["labels"]]
 
 
-def test_reasoning_mask_is_not_supported_yet() -> None:
-    with pytest.raises(sftmask.OptionError, match="not supported yet"):
-        sftmask.tokenize_and_mask([TWO_TURNS], tokenizer_for(QWEN), reasoning="mask")
+# One exchange: these templates drop earlier turns' reasoning, so earlier turns are not located.
+THINKING = [
+    {"role": "system", "content": "Think first."},
+    {"role": "user", "content": "3+3?"},
+    {"role": "assistant", "content": "6.", "reasoning_content": "Add 3 and 3; 東京."},
+]
+
+
+def _trained_text(tok: Any, labels: list[int]) -> list[str]:
+    runs, run = [], []
+    for t in [*labels, -100]:
+        if t != -100:
+            run.append(t)
+        elif run:
+            runs.append(tok.decode(run))
+            run = []
+    return runs
+
+
+@pytest.mark.parametrize("name", ["llama_cpp/Qwen-Qwen3-0.6B", "llama_cpp/Qwen3.5-4B", "trl/qwen3"])
+def test_reasoning_mask_trains_answer_and_marker_only(name: str) -> None:
+    tok = tokenizer_for(name)
+    train = sftmask.tokenize_and_mask([THINKING], tok, train_on="last")
+    mask = sftmask.tokenize_and_mask([THINKING], tok, train_on="last", reasoning="mask")
+    assert train["input_ids"] == mask["input_ids"]
+    [trained] = _trained_text(tok, train["labels"][0])
+    [masked] = _trained_text(tok, mask["labels"][0])
+    # The rendered reasoning is trained by default and masked on request; the answer and the
+    # end-of-turn marker are trained either way.
+    assert "Add 3 and 3" in trained and trained.endswith(masked)
+    assert masked.startswith("6.") and "Add" not in masked and "think" not in masked
+
+
+def test_reasoning_mask_where_the_template_transforms_content_is_an_error() -> None:
+    tok = tokenizer_for("llama_cpp/Qwen-Qwen3-0.6B")
+    bad = [dict(m) for m in THINKING]
+    bad[2]["content"] = "\n\n6."  # Qwen3 renders content.lstrip("\n"): not the content as given
+    with pytest.raises(sftmask.RowError, match="not supported yet") as e:
+        sftmask.tokenize_and_mask([THINKING, bad], tok, reasoning="mask")
+    assert e.value.row == 1
+
+
+def test_reasoning_option_is_checked() -> None:
+    with pytest.raises(sftmask.OptionError):
+        sftmask.tokenize_and_mask([TWO_TURNS], tokenizer_for(QWEN), reasoning="hide")
 
 
 def test_llama31_where_trl_assistant_only_loss_cannot() -> None:

@@ -155,11 +155,6 @@ def tokenize_conversations(
     """See ``sftmask.tokenize_and_mask`` (conversations, no response_template)."""
     if reasoning not in ("train", "mask"):
         raise OptionError(f"reasoning must be 'train' or 'mask', got {reasoning!r}")
-    if reasoning == "mask":
-        raise OptionError(
-            "reasoning='mask' is not supported yet: the reasoning cannot yet be located exactly inside "
-            "an assistant turn; use reasoning='train', or drop the reasoning from the messages"
-        )
     if "add_generation_prompt" in template_kwargs:
         raise OptionError("add_generation_prompt is never used when training: the conversation is rendered whole")
     if on_missing not in ("warn", "error", "ignore"):
@@ -189,6 +184,7 @@ def tokenize_conversations(
         "ignore_index": ignore_index,
         "max_length": max_length,
         "on_missing": on_missing,
+        "reasoning": reasoning,
         "num_threads": num_threads,
     }
     input_ids, labels, stats, fallback, not_located = _tokenize_conversations(template, encoder, texts, **options)

@@ -206,5 +206,6 @@ def tokenize_conversations(
     ignore_index: int = -100,
     max_length: int | None = None,
     on_missing: str = "warn",
+    reasoning: str = "train",
     num_threads: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]], Stats, list[tuple[int, str]], list[tuple[int, str]]]: ...

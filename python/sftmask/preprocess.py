@@ -208,8 +208,10 @@ def tokenize_and_mask(
         chat_template: the Jinja chat template to render conversations with (default: the
             tokenizer's).
         tools: the tool definitions passed to the chat template (every row).
-        reasoning: ``"train"`` (reasoning is trained with its answer); ``"mask"`` is not supported
-            yet (an error).
+        reasoning: ``"train"`` (reasoning is trained with its answer) or ``"mask"``: a message with
+            ``reasoning_content``/``thinking`` is trained from where its content starts, located
+            exactly (a template that transforms the content, or the transformers fallback: a
+            ``RowError`` "not supported yet").
         **template_kwargs: passed to the chat template (``enable_thinking=False``, ...).
         max_length: keep the first ``max_length`` tokens of each row (before masking).
         add_special_tokens: let the tokenizer add BOS etc.; default ``True`` for texts (as

@@ -204,8 +204,8 @@ impl PyChatTemplate {
 /// (True, [], [])
 #[pyfunction]
 #[pyo3(signature = (template, encoder, rows, *, rendered = None, kwargs_json = "{}", train_on = "all",
-                    ignore_index = -100, max_length = None, on_missing = "warn", num_threads = None),
-       text_signature = "(template, encoder, rows, *, rendered=None, kwargs_json='{}', train_on='all', ignore_index=-100, max_length=None, on_missing='warn', num_threads=None)")]
+                    ignore_index = -100, max_length = None, on_missing = "warn", reasoning = "train", num_threads = None),
+       text_signature = "(template, encoder, rows, *, rendered=None, kwargs_json='{}', train_on='all', ignore_index=-100, max_length=None, on_missing='warn', reasoning='train', num_threads=None)")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn tokenize_conversations(
     py: Python<'_>,
@@ -218,13 +218,24 @@ pub(crate) fn tokenize_conversations(
     ignore_index: i64,
     max_length: Option<Count>,
     on_missing: &str,
+    reasoning: &str,
     num_threads: Option<Count>,
 ) -> PyResult<Tokenized> {
+    let train_reasoning = match reasoning {
+        "train" => true,
+        "mask" => false,
+        other => {
+            return Err(option_err(format!(
+                "reasoning must be 'train' or 'mask', got {other:?}"
+            )))
+        }
+    };
     let options = ConversationOptions {
         train_on: core(train_on.parse())?,
         ignore_index,
         max_length: max_length.map(|c| c.0),
         on_missing: core(on_missing.parse())?,
+        train_reasoning,
     };
     let kwargs = parse_kwargs(kwargs_json)?;
     let threads = num_threads.map_or_else(crate::pool::default_threads, |c| c.0.min(4096));
