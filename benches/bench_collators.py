@@ -52,6 +52,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -737,7 +738,12 @@ def write_report(
     L.append("")
     text = "\n".join(L)
     if path is not None:
-        path.write_text(text + "\n", encoding="utf-8")
+        # Sections other benches keep in the same file (bench_preprocess, bench_cold_start, bench_pack)
+        # survive a rewrite.
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        blocks = re.finditer(r"<!-- (\w+):begin -->.*?<!-- \1:end -->\n", old, flags=re.S)
+        tail = "".join("\n" + m.group(0) for m in blocks)
+        path.write_text(text + "\n" + tail, encoding="utf-8")
     return text
 
 

@@ -156,14 +156,16 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
+        # The section lives between markers, as the other benches' sections do.
+        begin, end = "<!-- bench_messages:begin -->\n", "<!-- bench_messages:end -->\n"
         results = ROOT / "benches" / "RESULTS.md"
         old = results.read_text(encoding="utf-8")
-        if SECTION in old:
-            head, _, rest = old.partition(SECTION)
-            tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
-            old = head.rstrip("\n") + "\n\n" + text + tail
+        if begin in old and end in old:
+            head, _, rest = old.partition(begin)
+            _, _, tail = rest.partition(end)
+            old = head + begin + text + end + tail
         else:
-            old = old.rstrip("\n") + "\n\n" + text
+            old = old.rstrip("\n") + "\n\n" + begin + text + end
         results.write_text(old, encoding="utf-8")
 
 

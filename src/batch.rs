@@ -80,8 +80,11 @@ pub struct Batch {
     pub attention_mask: Vec<i64>,
     /// Position of each token in its row (flat layout only; empty otherwise).
     pub position_ids: Vec<i64>,
-    /// Row boundaries `[0, l0, l0+l1, …]` (flat layout only; empty otherwise).
+    /// Sequence boundaries `[0, l0, l0+l1, …]` (flat layout only; empty otherwise): the rows',
+    /// or the packed sequences' after [`Batch::set_sequences`].
     pub cu_seq_lens: Vec<i32>,
+    /// The sequences of each row (empty until [`Batch::set_sequences`]: one per row).
+    sequences: Vec<Vec<usize>>,
 }
 
 /// Mutable views of one row's slots.
@@ -90,6 +93,8 @@ pub(crate) struct RowMut<'a> {
     pub labels: &'a mut [i64],
     pub attention: Option<&'a mut [i64]>,
     pub positions: Option<&'a mut [i64]>,
+    /// The lengths of the row's packed sequences (empty: the row is one sequence).
+    pub sequences: &'a [usize],
 }
 
 impl Batch {
@@ -114,6 +119,7 @@ impl Batch {
             attention_mask: Vec::new(),
             position_ids: Vec::new(),
             cu_seq_lens: Vec::new(),
+            sequences: Vec::new(),
         };
         match layout {
             Layout::Padded { left, multiple_of } => {
@@ -154,6 +160,84 @@ impl Batch {
             }
         }
         Ok(batch)
+    }
+
+    /// Declares rows that are packed bins: `sequences[r]` lists row `r`'s sequence lengths
+    /// (summing to its length; an empty list: one sequence). Position ids then restart at
+    /// each sequence — in a padded layout too, which gains a `[B, L]` `position_ids` (0 on
+    /// padding) — and a flat layout's `cu_seq_lens` follow the sequences, not the rows
+    /// (`docs/packing.md#collating-packed-rows`). Zero lengths hold no token and are dropped.
+    ///
+    /// ```
+    /// use sftmask::{Batch, Layout};
+    /// let mut b = Batch::new(vec![5, 2], Layout::Flat, 0, -100).unwrap();
+    /// b.set_sequences(vec![vec![3, 2], vec![]]).unwrap();
+    /// assert_eq!(b.cu_seq_lens, vec![0, 3, 5, 7]);
+    /// assert_eq!(b.longest_sequence(), 3);
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Row`] for lengths that do not add up to the row's; [`Error::InvalidArgument`]
+    /// for a count of lists other than the rows'.
+    pub fn set_sequences(&mut self, sequences: Vec<Vec<usize>>) -> Result<()> {
+        if sequences.len() != self.rows() {
+            return Err(Error::InvalidArgument(format!(
+                "{} sequence lists for {} rows",
+                sequences.len(),
+                self.rows()
+            )));
+        }
+        let mut normalized = Vec::with_capacity(sequences.len());
+        for (row, (mut seqs, &len)) in sequences.into_iter().zip(&self.lengths).enumerate() {
+            seqs.retain(|&l| l > 0);
+            let sum = seqs.iter().try_fold(0usize, |a, &l| a.checked_add(l));
+            if seqs.is_empty() {
+                seqs = if len > 0 { vec![len] } else { Vec::new() };
+            } else if sum != Some(len) {
+                return Err(Error::Row {
+                    row,
+                    reason: format!(
+                        "seq_lengths {seqs:?} add up to {}, but the row has {len} input_ids",
+                        sum.map_or_else(|| "more than usize::MAX".to_string(), |s| s.to_string())
+                    ),
+                });
+            }
+            normalized.push(seqs);
+        }
+        match self.layout {
+            Layout::Flat => {
+                self.cu_seq_lens.clear();
+                self.cu_seq_lens.push(0);
+                let mut acc = 0i32;
+                for &l in normalized.iter().flatten() {
+                    // The total was checked to fit i32 when the batch was made.
+                    acc += l as i32;
+                    self.cu_seq_lens.push(acc);
+                }
+            }
+            Layout::Padded { .. } => {
+                if self.position_ids.is_empty() {
+                    self.position_ids = filled(self.input_ids.len(), 0)?;
+                }
+            }
+        }
+        self.sequences = normalized;
+        Ok(())
+    }
+
+    /// Length of the longest sequence: the longest row, or the longest packed sequence after
+    /// [`Batch::set_sequences`].
+    pub fn longest_sequence(&self) -> usize {
+        if self.sequences.is_empty() {
+            self.max_length()
+        } else {
+            self.sequences.iter().flatten().copied().max().unwrap_or(0)
+        }
+    }
+
+    /// `true` once [`Batch::set_sequences`] has declared packed rows.
+    pub fn has_sequences(&self) -> bool {
+        !self.sequences.is_empty()
     }
 
     /// The layout this batch was built with.
@@ -233,7 +317,11 @@ impl Batch {
         let (attention, positions) = match self.layout {
             Layout::Padded { .. } => (
                 split_rows(&mut self.attention_mask, &self.offsets, &self.lengths),
-                Vec::new(),
+                if self.position_ids.is_empty() {
+                    Vec::new()
+                } else {
+                    split_rows(&mut self.position_ids, &self.offsets, &self.lengths)
+                },
             ),
             Layout::Flat => (
                 Vec::new(),
@@ -242,13 +330,16 @@ impl Batch {
         };
         let mut attention = attention.into_iter();
         let mut positions = positions.into_iter();
+        let sequences = &self.sequences;
         ids.into_iter()
             .zip(labels)
-            .map(|(ids, labels)| RowMut {
+            .enumerate()
+            .map(|(r, (ids, labels))| RowMut {
                 ids,
                 labels,
                 attention: attention.next(),
                 positions: positions.next(),
+                sequences: sequences.get(r).map_or(&[], Vec::as_slice),
             })
             .collect()
     }
@@ -324,6 +415,25 @@ mod tests {
         let rows = b.rows_mut();
         assert_eq!(rows.iter().map(|r| r.ids.len()).collect::<Vec<_>>(), vec![2, 0, 3]);
         assert!(rows[2].positions.is_some());
+    }
+
+    #[test]
+    fn packed_sequences() {
+        let mut b = Batch::new(vec![4, 3], Layout::Flat, 0, -100).unwrap();
+        b.set_sequences(vec![vec![1, 0, 3], vec![3]]).unwrap();
+        assert_eq!(b.cu_seq_lens, vec![0, 1, 4, 7]);
+        assert!(b.set_sequences(vec![vec![2], vec![]]).unwrap_err().row() == Some(0));
+        let padded = Layout::Padded {
+            left: false,
+            multiple_of: None,
+        };
+        let mut b = Batch::new(vec![4, 3], padded, 0, -100).unwrap();
+        b.set_sequences(vec![vec![2, 2], vec![]]).unwrap();
+        assert_eq!(b.position_ids.len(), 8);
+        let rows = b.rows_mut();
+        assert_eq!(rows[0].sequences, &[2, 2]);
+        assert_eq!(rows[1].sequences, &[3]);
+        assert!(rows[1].positions.is_some());
     }
 
     #[test]

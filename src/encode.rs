@@ -73,12 +73,42 @@ pub fn tokenize_and_mask<S: AsRef<str> + Sync>(
     options: EncodeOptions,
     threads: usize,
 ) -> Result<Encoded> {
+    let rows = encode_rows(tokenizer, masker, texts, options, threads)?;
+    let mut input_ids = Vec::with_capacity(texts.len());
+    let mut labels = Vec::with_capacity(texts.len());
+    let stats = collect_rows(masker, rows, |ids, row_labels| {
+        input_ids.push(ids);
+        labels.push(row_labels);
+    })?;
+    Ok(Encoded {
+        input_ids,
+        labels,
+        stats,
+    })
+}
+
+/// One row's token ids, labels and counts.
+pub(crate) type EncodedRow = (Vec<u32>, Vec<i64>, RowStats);
+
+/// Tokenizes and masks every row of `texts` (in parallel), each row's result on its own: the
+/// one row path of preprocessing, whatever the input and output containers (lists, Arrow).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a masker that is not an exact one; each row's own error
+/// (naming its index in `texts`) is in its slot.
+pub(crate) fn encode_rows<S: AsRef<str> + Sync>(
+    tokenizer: &Tokenizer,
+    masker: &Masker,
+    texts: &[S],
+    options: EncodeOptions,
+    threads: usize,
+) -> Result<Vec<Result<EncodedRow>>> {
     if !matches!(masker.source(), LabelSource::Exact { .. }) {
         return Err(Error::InvalidArgument(
             "tokenize_and_mask takes an exact masker (compat='exact', labels='mask')".into(),
         ));
     }
-    let row = |(): &mut (), (r, text): (usize, &S)| -> Result<(Vec<u32>, Vec<i64>, RowStats)> {
+    let row = |(): &mut (), (r, text): (usize, &S)| -> Result<EncodedRow> {
         let encoding = tokenizer
             .encode(text.as_ref(), options.add_special_tokens)
             .map_err(|e| Error::Row {
@@ -99,20 +129,24 @@ pub fn tokenize_and_mask<S: AsRef<str> + Sync>(
         Ok((ids, seen.labels, stats))
     };
     // Tokenizing costs far more than waking the pool, so two rows are enough to go parallel.
-    let rows = pool::map_rows(texts.iter().collect(), threads, true, || (), row);
-    let mut out = Encoded {
-        input_ids: Vec::with_capacity(texts.len()),
-        labels: Vec::with_capacity(texts.len()),
-        stats: Stats::default(),
-    };
+    Ok(pool::map_rows(texts.iter().collect(), threads, true, || (), row))
+}
+
+/// Hands each row of `rows` to `sink` in order and counts it; the first row error, or the
+/// masker's `on_missing="error"` verdict over all rows, stops the call.
+pub(crate) fn collect_rows(
+    masker: &Masker,
+    rows: Vec<Result<EncodedRow>>,
+    mut sink: impl FnMut(Vec<u32>, Vec<i64>),
+) -> Result<Stats> {
+    let mut stats = Stats::default();
     for (r, result) in rows.into_iter().enumerate() {
-        let (ids, labels, stats) = result?;
-        out.stats.add_row(r, &stats, false);
-        out.input_ids.push(ids);
-        out.labels.push(labels);
+        let (ids, labels, row_stats) = result?;
+        stats.add_row(r, &row_stats, false);
+        sink(ids, labels);
     }
-    masker.check_missing(&out.stats)?;
-    Ok(out)
+    masker.check_missing(&stats)?;
+    Ok(stats)
 }
 
 #[cfg(test)]

@@ -82,6 +82,19 @@ pub enum Error {
     /// `collate` was called with no examples.
     #[error("the batch is empty: pass at least one example")]
     EmptyBatch,
+    /// Arrow input without the column to read.
+    #[error("the table has no {} column (its columns: {columns})", py_repr(.column))]
+    MissingColumn { column: String, columns: String },
+    /// An Arrow column of a type that cannot be read as asked.
+    #[error("column {} is of type {found}, expected {expected}", py_repr(.column))]
+    ColumnType {
+        column: String,
+        found: String,
+        expected: &'static str,
+    },
+    /// Arrow input that cannot be read, or output that Arrow cannot hold.
+    #[error("Arrow: {0}")]
+    Arrow(String),
     /// An argument has a value the core cannot work with.
     #[error("{0}")]
     InvalidArgument(String),

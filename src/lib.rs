@@ -8,8 +8,9 @@
 //! are the response) -> [`labels`] (the overlap rule) -> [`batch`] (pad or flatten into the
 //! output buffers), driven row by row by [`masker`] on a fork-safe pool ([`pool`]). [`trl`] holds
 //! TRL 0.19.1's token-level rule for `compat="trl"`. [`encode`] tokenizes and masks in one pass
-//! (the preprocessing API); [`messages`] renders conversations with their chat template
-//! ([`chat`]) and labels the assistant turns.
+//! (the preprocessing API); `arrow` (cargo feature `arrow`) does the same over Arrow record
+//! batches; [`pack`] packs masked rows into bins (best-fit decreasing); [`messages`] renders
+//! conversations with their chat template ([`chat`]) and labels the assistant turns.
 //! The optional `python` feature adds the PyO3 binding (`src/python/`, one file per Python
 //! type), the only code that knows about Python.
 //!
@@ -25,6 +26,8 @@
 //! assert_eq!(seen.labels, vec![-100, -100, -100, 3]);
 //! ```
 
+#[cfg(feature = "arrow")]
+pub mod arrow;
 pub mod batch;
 pub mod chat;
 pub mod encode;
@@ -33,6 +36,7 @@ pub mod labels;
 pub mod masker;
 pub mod messages;
 pub mod options;
+pub mod pack;
 pub mod pool;
 pub mod regions;
 pub mod search;
@@ -53,4 +57,4 @@ pub use regions::{regions, Region, TrainOn};
 pub use search::{Occurrence, Templates};
 pub use stats::Stats;
 pub use text::SearchText;
-pub use vocab::{Decoding, PhantomScheme, Vocab};
+pub use vocab::{Decoding, PhantomScheme, Vocab, VocabFileCheck};

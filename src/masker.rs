@@ -209,6 +209,24 @@ impl Masker {
     /// // The first label of every flattened sequence is masked.
     /// assert_eq!(batch.labels, vec![-100, 1, 2, -100, 1]);
     /// ```
+    ///
+    /// Rows that are packed bins ([`Batch::set_sequences`]) restart positions and mask the first
+    /// label of every sequence:
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use sftmask::{Batch, Layout, Masker, RowIds, Vocab};
+    /// # let json = r#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2}, "merges": []},
+    /// #                "decoder": {"type": "ByteLevel"}}"#;
+    /// let masker = Masker::given(Arc::new(Vocab::from_json(json).unwrap()), -100);
+    /// let mut batch = Batch::new(vec![5], Layout::Flat, 0, -100).unwrap();
+    /// batch.set_sequences(vec![vec![2, 3]]).unwrap();
+    /// let stats = masker.collate(&mut batch, &[RowIds::I64(&[0, 1, 2, 1, 0])], &[RowIds::I64(&[0, 1, 2, 1, 0])], 1).unwrap();
+    /// assert_eq!(batch.labels, vec![-100, 1, -100, 1, 0]);
+    /// assert_eq!(batch.position_ids, vec![0, 1, 0, 1, 2]);
+    /// assert_eq!(batch.cu_seq_lens, vec![0, 2, 5]);
+    /// assert_eq!(stats.trained_tokens, 3);
+    /// ```
     pub fn given(vocab: Arc<Vocab>, ignore_index: i64) -> Self {
         Masker {
             vocab,
@@ -480,13 +498,36 @@ impl Masker {
     ) -> Result<RowStats> {
         ids.copy_into(row.ids);
         labels.copy_into(row.labels);
-        let stats = self.mask_row(row.ids, row.labels, scratch, r)?;
+        let mut stats = self.mask_row(row.ids, row.labels, scratch, r)?;
         if let Some(att) = row.attention {
             att.fill(1);
         }
         if let Some(pos) = row.positions {
-            for (i, p) in pos.iter_mut().enumerate() {
-                *p = i as i64;
+            // Positions restart at each packed sequence (a row without declared sequences is one).
+            let whole = [pos.len()];
+            let sequences = if row.sequences.is_empty() {
+                &whole[..]
+            } else {
+                row.sequences
+            };
+            let mut start = 0usize;
+            for &len in sequences {
+                for (i, p) in pos[start..start + len].iter_mut().enumerate() {
+                    *p = i as i64;
+                }
+                start += len;
+            }
+        }
+        // Packed rows: the first token of every sequence after the first would be predicted from
+        // the previous sequence's last token (docs/packing.md#collating-packed-rows).
+        let mut start = 0usize;
+        for &len in row.sequences.iter().take(row.sequences.len().saturating_sub(1)) {
+            start += len;
+            if let Some(label) = row.labels.get_mut(start) {
+                if *label != self.ignore_index {
+                    stats.trained = stats.trained.saturating_sub(1);
+                }
+                *label = self.ignore_index;
             }
         }
         if flat {

@@ -21,6 +21,7 @@
 //!
 //! The rule: docs/masking.md#searchable-text and #phantom-spaces.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -104,9 +105,9 @@ impl fmt::Debug for Vocab {
 // tokenizer.json, read lazily: only what the table needs (the merges can be megabytes).
 
 #[derive(Deserialize)]
-struct TokenizerFile {
-    #[serde(default)]
-    added_tokens: Vec<AddedTokenJson>,
+struct TokenizerFile<'a> {
+    #[serde(default, borrow)]
+    added_tokens: Vec<AddedTokenJson<'a>>,
     #[serde(default)]
     normalizer: Option<Value>,
     #[serde(default)]
@@ -115,13 +116,15 @@ struct TokenizerFile {
     post_processor: Option<Value>,
     #[serde(default)]
     decoder: Option<Value>,
-    model: ModelJson,
+    #[serde(borrow)]
+    model: ModelJson<'a>,
 }
 
 #[derive(Deserialize)]
-struct AddedTokenJson {
+struct AddedTokenJson<'a> {
     id: u32,
-    content: String,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
     #[serde(default)]
     special: bool,
     #[serde(default)]
@@ -129,11 +132,11 @@ struct AddedTokenJson {
 }
 
 #[derive(Deserialize)]
-struct ModelJson {
+struct ModelJson<'a> {
     #[serde(rename = "type", default)]
     kind: Option<String>,
-    #[serde(default)]
-    vocab: Option<VocabJson>,
+    #[serde(default, borrow)]
+    vocab: Option<VocabJson<'a>>,
     #[serde(default)]
     byte_fallback: Option<bool>,
     #[serde(default)]
@@ -141,36 +144,111 @@ struct ModelJson {
     // Everything else (the merges can be megabytes) is skipped by serde without being kept.
 }
 
+/// A token string, borrowed from the JSON text unless it has escapes (most have none: no
+/// allocation per token).
+#[derive(Deserialize)]
+struct Token<'a>(#[serde(borrow)] Cow<'a, str>);
+
 /// `model.vocab`: a `{token: id}` map (BPE, WordPiece, WordLevel) or a `[[token, score], …]`
 /// list (Unigram, where the id is the position).
-struct VocabJson(Vec<(u32, String)>);
+struct VocabJson<'a>(Vec<(u32, Cow<'a, str>)>);
 
-impl<'de> Deserialize<'de> for VocabJson {
+impl<'de: 'a, 'a> Deserialize<'de> for VocabJson<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = VocabJson;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = VocabJson<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a map of token to id, or a list of [token, score]")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<VocabJson, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<VocabJson<'a>, A::Error> {
                 let mut out = Vec::with_capacity(m.size_hint().unwrap_or(0));
-                while let Some((token, id)) = m.next_entry::<String, u32>()? {
+                while let Some((Token(token), id)) = m.next_entry::<Token<'a>, u32>()? {
                     out.push((id, token));
                 }
                 Ok(VocabJson(out))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> std::result::Result<VocabJson, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> std::result::Result<VocabJson<'a>, A::Error> {
                 let mut out = Vec::with_capacity(s.size_hint().unwrap_or(0));
                 let mut id = 0u32;
-                while let Some((token, _score)) = s.next_element::<(String, f64)>()? {
+                while let Some((Token(token), _score)) = s.next_element::<(Token<'a>, f64)>()? {
                     out.push((id, token));
                     id += 1;
                 }
                 Ok(VocabJson(out))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// `model.type` and `model.vocab` of a tokenizer.json, and nothing else: the parser stops right
+/// after the vocabulary when the type was already seen (where the tokenizers crate writes them,
+/// before the merges, which are then never scanned: ~30% of a file); what comes before is
+/// skipped without being kept.
+fn model_vocab_of(file: &[u8]) -> Result<(Option<String>, VocabJson<'_>)> {
+    use serde::de::{DeserializeSeed, Error as _, IgnoredAny};
+
+    type Found<'a> = Option<(Option<String>, VocabJson<'a>)>;
+    struct Top<'s, 'a>(&'s mut Found<'a>);
+    struct Model<'s, 'a>(&'s mut Found<'a>);
+
+    impl<'de: 'a, 'a> Visitor<'de> for Top<'_, 'a> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a tokenizer.json object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<(), A::Error> {
+            while let Some(Token(key)) = m.next_key::<Token<'de>>()? {
+                if key == "model" {
+                    m.next_value_seed(Model(&mut *self.0))?;
+                } else {
+                    m.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+    impl<'de: 'a, 'a> DeserializeSeed<'de> for Model<'_, 'a> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de: 'a, 'a> Visitor<'de> for Model<'_, 'a> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a model object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<(), A::Error> {
+            let (mut kind, mut vocab) = (None, None);
+            while let Some(Token(key)) = m.next_key::<Token<'de>>()? {
+                match &*key {
+                    "type" => kind = Some(m.next_value::<String>()?),
+                    "vocab" => vocab = Some(m.next_value::<VocabJson<'a>>()?),
+                    _ => {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+                if kind.is_some() && vocab.is_some() {
+                    *self.0 = Some((kind, vocab.unwrap_or(VocabJson(Vec::new()))));
+                    // All that is needed is read: end the parse here. The caller knows this
+                    // error by the filled slot.
+                    return Err(A::Error::custom("stop"));
+                }
+            }
+            *self.0 = Some((kind, vocab.unwrap_or(VocabJson(Vec::new()))));
+            Ok(())
+        }
+    }
+
+    let mut found: Found<'_> = None;
+    let mut de = serde_json::Deserializer::from_slice(file);
+    let parsed = de.deserialize_map(Top(&mut found));
+    match (found, parsed) {
+        (Some(found), _) => Ok(found),
+        (None, Err(e)) => Err(Error::TokenizerJson(e.to_string())),
+        (None, Ok(())) => Err(Error::TokenizerJson("missing field `model`".into())),
     }
 }
 
@@ -436,20 +514,10 @@ fn check_precompiled(n: &Value) -> Result<()> {
 }
 
 fn content_hash(json: &str) -> u64 {
-    // A fast 64-bit mix over 8-byte words (the text can be 20 MB; SipHash would cost ~30 ms).
-    // It keys a cache together with the length, so an accidental collision is negligible.
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let bytes = json.as_bytes();
-    let mut h = (bytes.len() as u64).wrapping_mul(K);
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = (h ^ w).wrapping_mul(K).rotate_left(29);
-    }
-    for &b in chunks.remainder() {
-        h = (h ^ u64::from(b)).wrapping_mul(K).rotate_left(29);
-    }
-    h ^ (h >> 32)
+    // Keys the cache together with the length, so an accidental collision is negligible.
+    let mut h = Mix::default();
+    h.bytes(json.as_bytes());
+    h.finish()
 }
 
 impl Vocab {
@@ -471,6 +539,49 @@ impl Vocab {
     /// [`Error::UnsupportedTokenizer`] when its decoder has no exact byte rule.
     pub fn from_json(json: &str) -> Result<Self> {
         let file: TokenizerFile = serde_json::from_str(json).map_err(|e| Error::TokenizerJson(e.to_string()))?;
+        let model_vocab = file.model.vocab.as_ref().map(|v| v.0.as_slice()).unwrap_or(&[]);
+        Self::build(&file, model_vocab)
+    }
+
+    /// Builds the table from a tokenizer.json text without its model vocabulary (`parts`: what
+    /// a loaded tokenizer reports about itself, cheaply) and the model vocabulary of the file
+    /// `vocab_file` (of which nothing else is read: the merges are skipped unparsed).
+    ///
+    /// This spares serializing a loaded tokenizer back to JSON (~0.3 s for a 128k vocabulary)
+    /// when the file it was loaded from is at hand. The [`VocabFileCheck`] says what the caller
+    /// must confirm against the loaded tokenizer before trusting the table: that its model has
+    /// `len` ids and that each sampled id has the sampled token.
+    ///
+    /// ```
+    /// let file = br#"{"model": {"type": "BPE", "vocab": {"a": 0, "\u0120b": 1}, "merges": ["a b"]}}"#;
+    /// let parts = r#"{"model": {"type": "BPE"}, "decoder": {"type": "ByteLevel"},
+    ///                 "added_tokens": [{"id": 2, "content": "<eos>", "special": true}]}"#;
+    /// let (v, check) = sftmask::Vocab::from_parts(parts, file).unwrap();
+    /// assert_eq!(v.token_bytes(1), Some(&b" b"[..]));
+    /// assert_eq!(v.token_bytes(2), Some(&b"<eos>"[..]));
+    /// assert_eq!(check.len, Some(2));
+    /// assert_eq!(check.kind.as_deref(), Some("BPE"));
+    /// assert!(check.sample.contains(&(1, "\u{120}b".to_string())));
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Vocab::from_json`], for either text.
+    pub fn from_parts(parts: &str, vocab_file: &[u8]) -> Result<(Self, VocabFileCheck)> {
+        let file: TokenizerFile = serde_json::from_str(parts).map_err(|e| Error::TokenizerJson(e.to_string()))?;
+        let (kind, vocab) = model_vocab_of(vocab_file)?;
+        let model_vocab = vocab.0.as_slice();
+        let table = Self::build(&file, model_vocab)?;
+        Ok((
+            table,
+            VocabFileCheck {
+                kind,
+                len: unique_ids_len(model_vocab),
+                sample: sample_of(model_vocab),
+            },
+        ))
+    }
+
+    fn build(file: &TokenizerFile<'_>, model_vocab: &[(u32, Cow<'_, str>)]) -> Result<Self> {
         if let Some(kind) = file.model.kind.as_deref() {
             if !matches!(kind, "BPE" | "WordPiece" | "WordLevel" | "Unigram") {
                 return Err(Error::UnsupportedTokenizer(format!(
@@ -478,11 +589,10 @@ impl Vocab {
                 )));
             }
         }
-        let decoding = decoding_of(&file)?;
-        let phantom = phantom_of(&file, &decoding);
+        let decoding = decoding_of(file)?;
+        let phantom = phantom_of(file, &decoding);
         let template_normalizers = template_normalizers(file.normalizer.as_ref())?;
 
-        let model_vocab = file.model.vocab.as_ref().map(|v| v.0.as_slice()).unwrap_or(&[]);
         let size = model_vocab
             .iter()
             .map(|(id, _)| *id as usize + 1)
@@ -498,70 +608,121 @@ impl Vocab {
             )));
         }
 
-        // Per id: its bytes (built below) and flags.
-        let mut per_id: Vec<Option<(Vec<u8>, u8)>> = vec![None; size];
+        // Every entry's bytes go into one scratch buffer (no allocation per token); `slot[id]`
+        // is the entry that id ends up with (the last one written, as in the file's order).
+        const NONE: u32 = u32::MAX;
+        let mut scratch: Vec<u8> = Vec::with_capacity(model_vocab.len() * 8);
+        let mut entries: Vec<(u32, u32, u8)> = Vec::with_capacity(model_vocab.len() + file.added_tokens.len());
+        let mut slot = vec![NONE; size];
+        let too_big = || Error::TokenizerJson("the vocabulary's text is implausibly large".into());
         let inverse = byte_level_inverse();
         for (id, token) in model_vocab {
-            per_id[*id as usize] = Some(token_bytes(token, &decoding, &inverse));
+            let start = scratch.len();
+            let flags = token_bytes(token, &decoding, &inverse, &mut scratch);
+            if scratch.len() > u32::MAX as usize / 2 {
+                return Err(too_big());
+            }
+            slot[*id as usize] = entries.len() as u32;
+            entries.push((start as u32, scratch.len() as u32, flags));
         }
         let prefixes = prefix_ids(file.post_processor.as_ref());
         let wordpiece = matches!(decoding, Decoding::WordPiece { .. });
         for t in &file.added_tokens {
-            let entry = if wordpiece {
+            let start = scratch.len();
+            let flags = if wordpiece {
                 // WordPiece text reads like `decode` output: every token but a `##` piece is a
                 // word preceded by a space, special tokens included.
-                let mut b = Vec::with_capacity(t.content.len() + 1);
-                b.push(b' ');
-                b.extend_from_slice(t.content.as_bytes());
-                (b, KNOWN | ADDED | WORD_START)
+                scratch.push(b' ');
+                KNOWN | ADDED | WORD_START
             } else {
                 // Special tokens are matched on the raw text; so are added tokens marked
                 // `normalized: false`. Both end a segment (the next one may get a phantom `▁`).
                 let normalized = t.normalized.unwrap_or(!t.special);
-                let flags = if normalized {
+                if normalized {
                     KNOWN | ADDED
                 } else {
                     KNOWN | ADDED | SPLITS
-                };
-                (t.content.as_bytes().to_vec(), flags)
+                }
             };
-            per_id[t.id as usize] = Some(entry);
+            scratch.extend_from_slice(t.content.as_bytes());
+            if scratch.len() > u32::MAX as usize / 2 {
+                return Err(too_big());
+            }
+            slot[t.id as usize] = entries.len() as u32;
+            entries.push((start as u32, scratch.len() as u32, flags));
         }
         for id in prefixes {
-            if let Some(Some((_, flags))) = per_id.get_mut(id as usize) {
-                *flags |= PREFIX;
+            if let Some(&e) = slot.get(id as usize).filter(|e| **e != NONE) {
+                entries[e as usize].2 |= PREFIX;
             }
         }
 
-        let total: usize = per_id.iter().flatten().map(|(b, _)| b.len()).sum();
-        if total > u32::MAX as usize / 2 {
-            return Err(Error::TokenizerJson(
-                "the vocabulary's text is implausibly large".into(),
-            ));
-        }
+        let total: usize = slot
+            .iter()
+            .filter(|e| **e != NONE)
+            .map(|&e| (entries[e as usize].1 - entries[e as usize].0) as usize)
+            .sum();
         let mut bytes = Vec::with_capacity(total);
         let mut starts = Vec::with_capacity(size + 1);
         let mut flags = Vec::with_capacity(size);
-        for entry in &per_id {
+        for &e in &slot {
             starts.push(bytes.len() as u32);
-            match entry {
-                Some((b, f)) => {
-                    bytes.extend_from_slice(b);
-                    flags.push(*f);
-                }
-                None => flags.push(0),
+            if e == NONE {
+                flags.push(0);
+            } else {
+                let (a, b, f) = entries[e as usize];
+                bytes.extend_from_slice(&scratch[a as usize..b as usize]);
+                flags.push(f);
             }
         }
         starts.push(bytes.len() as u32);
-        Ok(Vocab {
+        let mut vocab = Vocab {
             bytes,
             starts,
             flags,
             phantom,
             decoding,
             template_normalizers,
-            fingerprint: content_hash(json),
-        })
+            fingerprint: 0,
+        };
+        vocab.fingerprint = vocab.table_hash();
+        Ok(vocab)
+    }
+
+    /// A hash of everything the table holds, so two tables are equal exactly when (up to a
+    /// negligible chance) their fingerprints are, whatever text they were built from.
+    fn table_hash(&self) -> u64 {
+        let mut h = Mix::default();
+        h.bytes(&self.bytes);
+        for s in &self.starts {
+            h.bytes(&s.to_le_bytes());
+        }
+        h.bytes(&self.flags);
+        h.bytes(&[self.phantom as u8]);
+        match &self.decoding {
+            Decoding::ByteLevel => h.bytes(b"B"),
+            Decoding::SentencePiece {
+                replacement,
+                byte_fallback,
+            } => {
+                h.bytes(b"S");
+                h.bytes(&u32::from(*replacement).to_le_bytes());
+                h.bytes(&[u8::from(*byte_fallback)]);
+            }
+            Decoding::WordPiece { prefix } => {
+                h.bytes(b"W");
+                h.bytes(&(prefix.len() as u64).to_le_bytes());
+                h.bytes(prefix.as_bytes());
+            }
+        }
+        for n in &self.template_normalizers {
+            // The tokenizers crate's own serialization: the same for equal normalizers, however
+            // the text they came from was written.
+            let text = serde_json::to_string(n).unwrap_or_default();
+            h.bytes(&(text.len() as u64).to_le_bytes());
+            h.bytes(text.as_bytes());
+        }
+        h.finish()
     }
 
     /// Like [`Vocab::from_json`], but returns the table already built for the same text in this
@@ -622,7 +783,9 @@ impl Vocab {
         &self.decoding
     }
 
-    /// A stable hash of the tokenizer.json text the table was built from.
+    /// A stable hash of the table (every id's bytes and flags, the phantom and decoding rules,
+    /// the template normalizers): equal tables have equal fingerprints, whichever text (or
+    /// [`Vocab::from_parts`]) they were built from, in any process.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
@@ -655,24 +818,28 @@ impl Vocab {
     }
 }
 
-fn token_bytes(token: &str, decoding: &Decoding, inverse: &[i16; 324]) -> (Vec<u8>, u8) {
+/// Appends the bytes of `token` to `out`; returns its flags.
+fn token_bytes(token: &str, decoding: &Decoding, inverse: &[i16; 324], out: &mut Vec<u8>) -> u8 {
+    let start = out.len();
     match decoding {
         Decoding::ByteLevel => {
-            let mut out = Vec::with_capacity(token.len());
             for ch in token.chars() {
                 match inverse.get(ch as usize).copied().filter(|b| *b >= 0) {
                     Some(b) => out.push(b as u8),
                     // Not a byte-level character: the token is literal text (some vocabularies
                     // carry such entries); take it as written.
-                    None => return (token.as_bytes().to_vec(), KNOWN),
+                    None => {
+                        out.truncate(start);
+                        out.extend_from_slice(token.as_bytes());
+                        return KNOWN;
+                    }
                 }
             }
-            let flags = if out.first() == Some(&b' ') {
+            if out.get(start) == Some(&b' ') {
                 KNOWN | WORD_START
             } else {
                 KNOWN
-            };
-            (out, flags)
+            }
         }
         Decoding::SentencePiece {
             replacement,
@@ -680,10 +847,10 @@ fn token_bytes(token: &str, decoding: &Decoding, inverse: &[i16; 324]) -> (Vec<u
         } => {
             if *byte_fallback {
                 if let Some(b) = byte_fallback_piece(token) {
-                    return (vec![b], KNOWN);
+                    out.push(b);
+                    return KNOWN;
                 }
             }
-            let mut out = Vec::with_capacity(token.len());
             let mut buf = [0u8; 4];
             for ch in token.chars() {
                 if ch == *replacement {
@@ -692,22 +859,116 @@ fn token_bytes(token: &str, decoding: &Decoding, inverse: &[i16; 324]) -> (Vec<u
                     out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
                 }
             }
-            let flags = if token.starts_with(*replacement) {
+            if token.starts_with(*replacement) {
                 KNOWN | WORD_START
             } else {
                 KNOWN
-            };
-            (out, flags)
+            }
         }
         Decoding::WordPiece { prefix } => match token.strip_prefix(prefix.as_str()) {
-            Some(rest) if !rest.is_empty() => (rest.as_bytes().to_vec(), KNOWN),
+            Some(rest) if !rest.is_empty() => {
+                out.extend_from_slice(rest.as_bytes());
+                KNOWN
+            }
             _ => {
-                let mut out = Vec::with_capacity(token.len() + 1);
                 out.push(b' ');
                 out.extend_from_slice(token.as_bytes());
-                (out, KNOWN | WORD_START)
+                KNOWN | WORD_START
             }
         },
+    }
+}
+
+/// What [`Vocab::from_parts`] read from the vocabulary file, for the caller to confirm against
+/// the tokenizer it has loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VocabFileCheck {
+    /// The file's `model.type`.
+    pub kind: Option<String>,
+    /// The file's number of vocabulary entries when no id repeats in it; `None` otherwise (a
+    /// loaded tokenizer keeps one of the tokens of a repeated id, which one is not known: do not
+    /// trust the table). A loaded model has as many tokens as entries unless a token repeats.
+    pub len: Option<usize>,
+    /// Ids spread over the whole vocabulary, with the token the file gives each.
+    pub sample: Vec<(u32, String)>,
+}
+
+/// `Some(number of entries)` when no id repeats. Holes are fine (a loaded model has them too,
+/// where added tokens sit between model ids); a repeated id is not: which token a loaded model
+/// keeps for it depends on a hash map's order.
+fn unique_ids_len(model_vocab: &[(u32, Cow<'_, str>)]) -> Option<usize> {
+    let max = model_vocab.iter().map(|(id, _)| *id as usize + 1).max().unwrap_or(0);
+    let mut seen = vec![false; max];
+    for (id, _) in model_vocab {
+        if std::mem::replace(&mut seen[*id as usize], true) {
+            return None;
+        }
+    }
+    Some(model_vocab.len())
+}
+
+/// About a thousand entries, evenly spread, plus the last one.
+fn sample_of(model_vocab: &[(u32, Cow<'_, str>)]) -> Vec<(u32, String)> {
+    const SAMPLES: usize = 1024;
+    let step = (model_vocab.len() / SAMPLES).max(1);
+    let mut out: Vec<(u32, String)> = model_vocab
+        .iter()
+        .step_by(step)
+        .chain(model_vocab.last())
+        .map(|(id, t)| (*id, t.to_string()))
+        .collect();
+    out.dedup();
+    out
+}
+
+/// A fast streaming 64-bit mix over 8-byte words (SipHash would cost ~30 ms on a 20 MB text).
+/// Not for adversaries: it keys caches and tells tables apart.
+#[derive(Default)]
+struct Mix {
+    h: u64,
+    pending: [u8; 8],
+    n: usize,
+    total: u64,
+}
+
+impl Mix {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    #[inline]
+    fn word(&mut self, w: u64) {
+        self.h = (self.h ^ w).wrapping_mul(Self::K).rotate_left(29);
+    }
+
+    fn bytes(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        if self.n > 0 {
+            let take = (8 - self.n).min(data.len());
+            self.pending[self.n..self.n + take].copy_from_slice(&data[..take]);
+            self.n += take;
+            data = &data[take..];
+            if self.n < 8 {
+                return;
+            }
+            self.word(u64::from_le_bytes(self.pending));
+            self.n = 0;
+        }
+        let mut chunks = data.chunks_exact(8);
+        for c in &mut chunks {
+            self.word(u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+        }
+        let rest = chunks.remainder();
+        self.pending[..rest.len()].copy_from_slice(rest);
+        self.n = rest.len();
+    }
+
+    fn finish(mut self) -> u64 {
+        if self.n > 0 {
+            let mut last = [0u8; 8];
+            last[..self.n].copy_from_slice(&self.pending[..self.n]);
+            self.word(u64::from_le_bytes(last) ^ (self.n as u64) << 56);
+        }
+        self.word(self.total.wrapping_mul(Self::K));
+        self.h ^ (self.h >> 32)
     }
 }
 
@@ -800,6 +1061,102 @@ mod tests {
         assert_eq!(v.len(), 3);
         assert_eq!(v.token_bytes(1), Some(&b" a"[..]));
         assert_eq!(v.phantom(), PhantomScheme::Always);
+    }
+
+    fn same_table(a: &Vocab, b: &Vocab) -> bool {
+        a.raw() == b.raw() && a.phantom() == b.phantom() && a.decoding() == b.decoding()
+    }
+
+    const SP: &str = r#"{"added_tokens": [{"id": 1, "content": "<s>", "special": true, "normalized": false},
+                          {"id": 4, "content": "▁x", "special": false, "normalized": true}],
+                         "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Prepend", "prepend": "▁"}]},
+                         "pre_tokenizer": null,
+                         "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                                            "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+                         "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}]},
+                         "model": {"type": "BPE", "byte_fallback": true,
+                                   "vocab": {"<unk>": 0, "▁a": 2, "<0x0A>": 3, "b\u00e9": 5, "▁x": 4},
+                                   "merges": [["▁", "a"]]}}"#;
+
+    #[test]
+    fn from_parts_equals_from_json() {
+        let whole = Vocab::from_json(SP).unwrap();
+        // The parts without a vocabulary, the vocabulary from a file written differently.
+        let parts = SP.replace(
+            r#""vocab": {"<unk>": 0, "▁a": 2, "<0x0A>": 3, "b\u00e9": 5, "▁x": 4},"#,
+            "",
+        );
+        let file = r#"{ "model" : { "merges": [], "type": "BPE", "vocab": {"▁x": 4, "bé": 5, "<0x0A>": 3, "▁a": 2, "<unk>": 0} } }"#;
+        let (v, check) = Vocab::from_parts(&parts, file.as_bytes()).unwrap();
+        assert!(same_table(&v, &whole));
+        assert_eq!(v.fingerprint(), whole.fingerprint());
+        assert_eq!(v.token_bytes(5), Some("bé".as_bytes()));
+        assert!(v.is_added(4) && v.raw().2[1] & PREFIX != 0);
+        assert_eq!(check.len, Some(5), "holes (id 1) are fine");
+        assert_eq!(check.kind.as_deref(), Some("BPE"));
+        assert!(check.sample.contains(&(5, "bé".into())) && check.sample.contains(&(0, "<unk>".into())));
+    }
+
+    #[test]
+    fn repeated_ids_are_not_vouched_for() {
+        let file = br#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}}}"#;
+        let parts = r#"{"model": {"type": "BPE"}, "decoder": {"type": "ByteLevel"}}"#;
+        assert_eq!(Vocab::from_parts(parts, file).unwrap().1.len, None);
+        let unigram = br#"{"model": {"type": "Unigram", "vocab": [["a", 0.0], ["a", -1.0]]}}"#;
+        assert_eq!(Vocab::from_parts(parts, unigram).unwrap().1.len, Some(2));
+        assert!(Vocab::from_parts(parts, b"{\"model\": ").is_err());
+    }
+
+    #[test]
+    fn vocab_file_is_read_up_to_its_vocabulary() {
+        let parts = r#"{"model": {"type": "BPE"}, "decoder": {"type": "ByteLevel"}}"#;
+        let read = |file: &str| Vocab::from_parts(parts, file.as_bytes()).map(|(v, c)| (v.len(), c.kind, c.len));
+        let want = Ok((2, Some("BPE".to_string()), Some(2)));
+        // Where tokenizers writes them: the parse ends after the vocabulary, merges unread.
+        assert_eq!(
+            read(r#"{"added_tokens": [], "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": [oops"#),
+            want
+        );
+        // Type after the vocabulary: read to the end of the model.
+        assert_eq!(
+            read(r#"{"model": {"vocab": {"a": 0, "b": 1}, "merges": [], "type": "BPE"}, "x": 1}"#),
+            want
+        );
+        assert!(read(r#"{"model": {"vocab": {"a": 0, "b": 1}, "merges": [oops"#).is_err());
+        assert!(read(r#"{"added_tokens": [oops], "model": {"type": "BPE", "vocab": {"a": 0}}}"#).is_err());
+        assert!(matches!(read(r#"{"version": "1.0"}"#), Err(Error::TokenizerJson(_))));
+        assert!(matches!(read("[]"), Err(Error::TokenizerJson(_))));
+    }
+
+    #[test]
+    fn fingerprint_is_the_tables() {
+        let a = Vocab::from_json(SP).unwrap();
+        let spaced = Vocab::from_json(&SP.replace(": ", " :  ")).unwrap();
+        assert_eq!(a.fingerprint(), spaced.fingerprint(), "same table, other text");
+        let other = Vocab::from_json(&SP.replace(r#""▁a": 2"#, r#""▁b": 2"#)).unwrap();
+        assert_ne!(a.fingerprint(), other.fingerprint());
+        let nfkc = Vocab::from_json(&SP.replace(r#"{"type": "NFC"}"#, r#"{"type": "NFKC"}"#)).unwrap();
+        assert!(
+            a.raw() == nfkc.raw() && a.fingerprint() != nfkc.fingerprint(),
+            "normalizers count"
+        );
+    }
+
+    #[test]
+    fn mix_does_not_depend_on_chunking() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut whole = Mix::default();
+        whole.bytes(&data);
+        let mut parts = Mix::default();
+        for c in data.chunks(3) {
+            parts.bytes(c);
+        }
+        assert_eq!(whole.finish(), parts.finish());
+        let mut shorter = Mix::default();
+        shorter.bytes(&data[..99]);
+        let mut zero = Mix::default();
+        zero.bytes(&[&data[..99], &[0u8][..]].concat());
+        assert_ne!(shorter.finish(), zero.finish());
     }
 
     #[test]

@@ -19,7 +19,7 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -55,20 +55,28 @@ def _render(source: str, messages: list[dict[str, Any]], tools: Any, agp: bool, 
 
 def truth(name: str, conv: dict[str, Any]) -> tuple[str, Any]:
     """("ok", (text, regions)), ("not_located", message index) or ("error", why)."""
-    source, special = _TEMPLATES[name], special_tokens(name)
-    messages, tools = conv["messages"], conv["tools"]
+    source, special, tools = _TEMPLATES[name], special_tokens(name), conv["tools"]
+    return rule_regions(
+        lambda messages, agp: _render(source, messages, tools, agp, special), conv["messages"], token_strings(name)
+    )
+
+
+def rule_regions(
+    render: Callable[[list[dict[str, Any]], bool], str], messages: list[dict[str, Any]], tokens: list[str]
+):
+    """The SPEC's rule with ``render(messages, add_generation_prompt)``: ("ok", (text, regions)) with
+    regions ``(message index, start byte, end byte, marker)``, ("not_located", index) or ("error", why)."""
     try:
-        full = _render(source, messages, tools, False, special)
+        full = render(messages, False)
     except Exception as e:  # transformers cannot render this conversation at all
         return "error", f"{type(e).__name__}: {e}"
-    tokens = token_strings(name)
     regions = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
         try:
-            prompt = _render(source, messages[:i], tools, True, special)
-            turn = _render(source, messages[: i + 1], tools, False, special)
+            prompt = render(messages[:i], True)
+            turn = render(messages[: i + 1], False)
         except Exception:
             return "not_located", i
         if not (full.startswith(prompt) and full.startswith(turn)) or len(turn) < len(prompt):

@@ -495,7 +495,7 @@ def test_template_longer_than_every_row(tok_path):
         ([10**30], TypeError, "response_template must be a str or a sequence of token ids"),
         (np.array([7.0]), TypeError, "response_template must be a str or a sequence of token ids"),
         (np.array([[7]]), TypeError, "response_template must be a str or a sequence of token ids"),
-        (None, TypeError, r"response_template is required \(or pass labels='keep'"),
+        (None, ValueError, r"response_template is required: this tokenizer has no chat template"),
         (7, TypeError, "response_template must be a str or a sequence of token ids, got int"),
         (b"Bot:", TypeError, "got bytes"),
     ],

@@ -338,5 +338,5 @@ def test_keep_errors():
         sftmask.DataCollatorForCompletionOnlyLM("x", tokenizer=tok, labels="given")
     with pytest.raises(ValueError, match="compat='trl'"):
         sftmask.DataCollatorForCompletionOnlyLM("x", tokenizer=tok, labels="keep", compat="trl")
-    with pytest.raises(TypeError, match="response_template is required"):
+    with pytest.raises(ValueError, match="response_template is required: this tokenizer has no chat template"):
         sftmask.DataCollatorForCompletionOnlyLM(tokenizer=tok, pad_token_id=0)

@@ -167,3 +167,110 @@ def test_llama31_conversations_where_assistant_only_loss_cannot(tmp_path):
             assert batch["labels"][row][mask[row]].tolist() == want[ids]
             seen += 1
     assert seen > 0
+
+
+# -- packing against TRL 1.x's own pack_dataset (docs/packing.md) -------------------------------
+
+
+def _unique_rows(lengths, seed):
+    """Rows with globally unique ids (so a packed sequence names its row), labels partly masked."""
+    import random
+
+    rng = random.Random(seed)
+    rows, next_id = [], 1
+    for n in lengths:
+        ids = list(range(next_id, next_id + n))
+        next_id += n
+        rows.append({"input_ids": ids, "labels": [i if rng.random() < 0.5 else -100 for i in ids]})
+    return rows
+
+
+def _sequences(packed_rows):
+    """Every sequence of packed bins, as (ids, labels) tuples."""
+    out = []
+    for ids, labels, lengths in packed_rows:
+        start = 0
+        for n in lengths:
+            out.append((tuple(ids[start : start + n]), tuple(labels[start : start + n])))
+            start += n
+        assert start == len(ids)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("truncation", ["right", "split"])
+def test_pack_against_trl_pack_dataset(seed, truncation):
+    import random
+
+    import datasets
+
+    rng = random.Random(seed)
+    max_length = rng.choice([16, 64, 257, 1024])
+    lengths = [rng.choice([0, 1, 2, rng.randint(1, 2 * max_length)]) for _ in range(rng.randint(1, 3000))]
+    rows = _unique_rows(lengths, seed)
+    ds = datasets.Dataset.from_list(rows)
+    strategy = "bfd" if truncation == "right" else "bfd_split"
+    # TRL packs each map batch on its own (1000 rows by default); one batch is its best case.
+    trl_default = trl.pack_dataset(ds, max_length, strategy=strategy)
+    trl_whole = trl.pack_dataset(ds, max_length, strategy=strategy, map_kwargs={"batch_size": len(ds)})
+    ours, stats = sftmask.pack(rows, max_length, truncation=truncation, return_stats=True)
+
+    assert stats.bins <= len(trl_whole) <= len(trl_default)
+    ours_rows = [(b["input_ids"].tolist(), b["labels"].tolist(), b["seq_lengths"].tolist()) for b in ours]
+    assert all(len(ids) <= max_length for ids, _, _ in ours_rows)
+    theirs = _sequences(zip(trl_whole["input_ids"], trl_whole["labels"], trl_whole["seq_lengths"]))
+    mine = _sequences(ours_rows)
+    # The same sequences (TRL and sftmask cut rows the same way), each one its row's tokens and
+    # labels in order, up to truncation.
+    assert sorted(mine) == sorted(theirs)
+    where = {i: (r, pos) for r, row in enumerate(rows) for pos, i in enumerate(row["input_ids"])}
+    for ids, labels in mine:
+        r, start = where[ids[0]]
+        end = start + len(ids)
+        assert list(ids) == rows[r]["input_ids"][start:end] and list(labels) == rows[r]["labels"][start:end]
+        # Right truncation keeps a row's head; a split row's pieces start at multiples of max_length.
+        assert start == 0 if truncation == "right" else start % max_length == 0
+    assert stats.tokens == sum(len(ids) for ids, _ in mine)
+
+
+def test_packed_rows_through_newest_sft_trainer(tmp_path):
+    """The README recipe: tokenize_and_mask -> pack -> SFTTrainer(data_collator=...) with
+    SFTConfig(packing=False, padding_free=False); the batches follow the packed sequences."""
+    import datasets
+
+    tok = load_hf_tokenizer("qwen2")
+    texts = [render(CHATML, c) for c in CHATS] * 4
+    masked = sftmask.tokenize_and_mask(texts, tok, CHATML.response, list(CHATML.instructions), add_special_tokens=False)
+    unpacked = {tuple(i): list(lab) for i, lab in zip(masked["input_ids"], masked["labels"])}
+    ds = datasets.Dataset.from_dict(masked).map(
+        sftmask.pack, batched=True, remove_columns=["input_ids", "labels"], fn_kwargs={"max_length": 128}
+    )
+    assert len(ds) < len(texts)
+    collator = Recorder(sftmask.DataCollatorForCompletionOnlyLM(tokenizer=tok, labels="keep", padding_free=True))
+    model = tiny_llama(len(tok), max_position_embeddings=512)
+    config = trl.SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        packing=False,
+        padding_free=False,
+        max_length=None,
+    )
+    trainer = trl.SFTTrainer(model=model, args=config, train_dataset=ds, processing_class=tok, data_collator=collator)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(math.isfinite(x) for x in losses)
+    seen = 0
+    for batch in collator.batches:
+        cu = batch["cu_seq_lens_q"].tolist()
+        for start, end in zip(cu, cu[1:]):
+            ids = tuple(batch["input_ids"][0, start:end].tolist())
+            assert batch["position_ids"][0, start:end].tolist() == list(range(end - start))
+            assert batch["labels"][0, start:end].tolist() == [-100, *unpacked[ids][1:]]
+            seen += 1
+    assert seen > len(collator.batches)  # more sequences than bins: the boundaries are the sequences'

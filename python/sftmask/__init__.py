@@ -7,8 +7,9 @@ A Rust drop-in for TRL's ``DataCollatorForCompletionOnlyLM``: change one import 
 >>> collator.stats.rows
 0
 
-Also: ``ensure_pad_token`` (a pad token for Llama-3 without resizing), ``render`` (see a mask),
-``tokenize_and_mask`` (preprocess a dataset once), and the ``sftmask check`` command. Every error
+Also: ``chat_markers`` (a chat template's collator templates), ``ensure_pad_token`` (a pad
+token for Llama-3 without resizing), ``render`` (see a mask), ``tokenize_and_mask`` (preprocess a
+dataset once), ``pack`` (masked rows into bins), and the ``sftmask check`` command. Every error
 is a :class:`SftmaskError` (and a ``ValueError`` or ``TypeError``); errors about one example are
 :class:`RowError` with its ``row``.
 """
@@ -20,6 +21,7 @@ from sftmask._core import (
     MissingTemplateWarning,
     OptionError,
     OptionTypeError,
+    PackStats,
     RowError,
     RowTypeError,
     SftmaskError,
@@ -28,12 +30,15 @@ from sftmask._core import (
     Vocab,
     __version__,
 )
+from sftmask.chat import ChatMarkers, chat_markers
 from sftmask.collator import CollatorStats, DataCollatorForCompletionOnlyLM
+from sftmask.pack import pack
 from sftmask.pad import ensure_pad_token
 from sftmask.preprocess import tokenize_and_mask
 from sftmask.render import MaskView, render
 
 __all__ = [
+    "ChatMarkers",
     "CollatorStats",
     "DataCollatorForCompletionOnlyLM",
     "Encoder",
@@ -43,6 +48,7 @@ __all__ = [
     "MissingTemplateWarning",
     "OptionError",
     "OptionTypeError",
+    "PackStats",
     "RowError",
     "RowTypeError",
     "SftmaskError",
@@ -50,7 +56,9 @@ __all__ = [
     "TokenizerError",
     "Vocab",
     "__version__",
+    "chat_markers",
     "ensure_pad_token",
+    "pack",
     "render",
     "tokenize_and_mask",
 ]

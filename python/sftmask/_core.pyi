@@ -21,6 +21,7 @@ __all__ = [
     "MissingTemplateWarning",
     "OptionError",
     "OptionTypeError",
+    "PackStats",
     "RowError",
     "RowTypeError",
     "SftmaskError",
@@ -29,7 +30,9 @@ __all__ = [
     "Vocab",
     "__version__",
     "_stats_from_dict",
+    "pack",
     "tokenize_and_mask",
+    "tokenize_and_mask_arrow",
     "tokenize_conversations",
 ]
 
@@ -113,6 +116,10 @@ class Vocab:
     def from_json(json: str) -> Vocab: ...
     @staticmethod
     def from_file(path: str | os.PathLike[str]) -> Vocab: ...
+    @staticmethod
+    def from_parts(
+        parts: str, vocab_file: str | os.PathLike[str]
+    ) -> tuple[Vocab, str | None, int | None, list[tuple[int, str]]]: ...
     def __len__(self) -> int: ...
     @property
     def decoding(self) -> Literal["byte_level", "sentencepiece", "wordpiece"]: ...
@@ -174,6 +181,15 @@ def tokenize_and_mask(
     add_special_tokens: bool = True,
     max_length: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]], Stats]: ...
+def tokenize_and_mask_arrow(
+    data: object,
+    encoder: Encoder,
+    masker: Masker,
+    *,
+    column: str = "text",
+    add_special_tokens: bool = True,
+    max_length: int | None = None,
+) -> tuple[Any, Stats]: ...
 
 @final
 class ChatTemplate:
@@ -209,3 +225,40 @@ def tokenize_conversations(
     reasoning: str = "train",
     num_threads: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]], Stats, list[tuple[int, str]], list[tuple[int, str]]]: ...
+
+@final
+class PackStats:
+    @property
+    def rows(self) -> int: ...
+    @property
+    def rows_empty(self) -> int: ...
+    @property
+    def sequences(self) -> int: ...
+    @property
+    def bins(self) -> int: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def rows_truncated(self) -> int: ...
+    @property
+    def rows_split(self) -> int: ...
+    @property
+    def tokens_dropped(self) -> int: ...
+    @property
+    def trained_tokens(self) -> int: ...
+    @property
+    def fill_ratio(self) -> float: ...
+    def as_dict(self) -> dict[str, Any]: ...
+    def __eq__(self, value: object, /) -> bool: ...
+
+def pack(
+    input_ids: Iterable[_Ids] | _Ids,
+    labels: Iterable[_Ids] | _Ids,
+    max_length: int,
+    *,
+    truncation: Literal["right", "split"] = "right",
+    ignore_index: int = -100,
+    offsets: _Ids | None = None,
+) -> tuple[dict[str, npt.NDArray[np.int64]], PackStats]: ...

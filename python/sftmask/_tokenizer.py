@@ -31,34 +31,114 @@ class TokenizerInfo:
     json: str | None = None
 
 
-# Building the JSON text of a big tokenizer costs ~0.1 s; remember the table per tokenizer
-# object, so a second collator on the same tokenizer is free. Weakly keyed where the object
-# allows it (transformers tokenizers); `tokenizers.Tokenizer` does not, so a few of those are
-# kept in a small identity-keyed list.
-_weak_cache: weakref.WeakKeyDictionary[Any, tuple[int, Vocab]] = weakref.WeakKeyDictionary()
-_strong_cache: list[tuple[Any, int, Vocab]] = []
+# Serializing a big tokenizer back to JSON (`to_str()`) costs ~0.3 s for Llama-3, most of a
+# first collator's start. Remember the table per tokenizer object, so a second collator on the
+# same tokenizer is free. Weakly keyed where the object allows it (transformers tokenizers);
+# `tokenizers.Tokenizer` does not, so a few of those are kept in a small identity-keyed list.
+_weak_cache: weakref.WeakKeyDictionary[Any, tuple[Any, Vocab]] = weakref.WeakKeyDictionary()
+_strong_cache: list[tuple[Any, Any, Vocab]] = []
 _STRONG_CACHE_SIZE = 4
 _cache_lock = threading.Lock()
 
+# The model types whose every table input can be read off a loaded tokenizer but its vocabulary
+# (Unigram does not expose `byte_fallback`).
+_LIVE_MODELS = ("BPE", "WordPiece", "WordLevel")
 
-def _cached_vocab(owner: Any, backend: Any) -> Vocab:
-    # What can change a tokenizer after it is built is adding tokens; their count is a cheap
-    # check (get_vocab_size(with_added_tokens=True) costs ~0.3 s on a 150k vocabulary).
-    size = len(backend.get_added_tokens_decoder())
+
+def _live_parts(backend: Any) -> str:
+    """A tokenizer.json text of everything the table needs but the model vocabulary, read off
+    the loaded tokenizer itself (~1 ms): its model's type and options, its added tokens and its
+    normalizer, pre-tokenizer, post-processor and decoder, each serialized by `tokenizers` as
+    `to_str()` would. Raises for what it cannot read (custom Python components, Unigram)."""
+    model = backend.model
+    kind = type(model).__name__
+    if kind not in _LIVE_MODELS:
+        raise ValueError(f"{kind} model")
+    head: dict[str, Any] = {"type": kind}
+    if kind == "BPE":
+        head["byte_fallback"] = bool(model.byte_fallback)
+    if kind in ("BPE", "WordPiece"):
+        head["continuing_subword_prefix"] = model.continuing_subword_prefix
+    added = [
+        {"id": int(i), "content": t.content, "special": bool(t.special), "normalized": bool(t.normalized)}
+        for i, t in sorted(backend.get_added_tokens_decoder().items())
+    ]
+    out = ['{"model":', json.dumps(head), ',"added_tokens":', json.dumps(added)]
+    for name in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        part = getattr(backend, name)
+        out += [f',"{name}":', "null" if part is None else part.__getstate__().decode("utf-8")]
+    out.append("}")
+    return "".join(out)
+
+
+def _source_file(tokenizer: Any) -> str | None:
+    """The tokenizer.json a transformers tokenizer was most likely loaded from, if at hand: the
+    folder it was loaded from, or the Hugging Face cache for a hub id (never the network). Only
+    a candidate: `_vocab_from_file` checks it against the loaded tokenizer."""
+    init = getattr(tokenizer, "init_kwargs", None) or {}
+    if init.get("from_slow") or init.get("gguf_file"):
+        return None  # converted at load: the vocabulary need not be the file's
+    name = getattr(tokenizer, "name_or_path", None)
+    if not isinstance(name, str) or not name:
+        return None
+    if os.path.isdir(name):
+        file = os.path.join(name, "tokenizer.json")
+        return file if os.path.isfile(file) else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "tokenizer.json", revision=init.get("_commit_hash"))
+    except Exception:  # not a repo id, no huggingface_hub, an unreadable cache
+        return None
+    return found if isinstance(found, str) and os.path.isfile(found) else None
+
+
+def _vocab_from_file(backend: Any, parts: str, file: str) -> Vocab | None:
+    """The table from the loaded tokenizer's `parts` and the vocabulary of `file`, when the file's
+    vocabulary is provably the loaded model's: same model type, no id twice in the file, as many
+    tokens in the model as entries in the file (so no token twice either: the loaded model holds
+    exactly the file's pairs), and the same token at ~1000 ids spread over all of them (a model's
+    vocabulary cannot change after it is built, short of replacing the model).
+    None when any of this fails: the caller then takes the slow, always right path."""
+    try:
+        vocab, kind, n, sample = Vocab.from_parts(parts, file)
+    except (TokenizerError, OSError, ValueError):
+        return None
+    model = backend.model
+    if kind != type(model).__name__ or n is None or n != backend.get_vocab_size(with_added_tokens=False):
+        return None
+    if any(model.id_to_token(i) != token for i, token in sample):
+        return None
+    return vocab
+
+
+def _cached_vocab(owner: Any, backend: Any, source: Any = None) -> Vocab:
+    # What can change a tokenizer after it is built is adding tokens or swapping a component:
+    # `parts` sees both, cheaply (get_vocab_size(with_added_tokens=True) costs ~0.3 s on a
+    # 150k vocabulary). Without it (a custom component), the added tokens' count.
+    try:
+        parts: str | None = _live_parts(backend)
+        key: Any = parts
+    except Exception:
+        parts = None
+        key = len(backend.get_added_tokens_decoder())
     with _cache_lock:
         try:
             hit = _weak_cache.get(owner)
         except TypeError:
-            hit = next(((s, v) for o, s, v in _strong_cache if o is owner), None)
-    if hit is not None and hit[0] == size:
+            hit = next(((k, v) for o, k, v in _strong_cache if o is owner), None)
+    if hit is not None and hit[0] == key:
         return hit[1]
-    vocab = Vocab.from_json(backend.to_str())
+    file = _source_file(source) if source is not None and parts is not None else None
+    vocab = _vocab_from_file(backend, parts, file) if parts is not None and file is not None else None
+    if vocab is None:
+        vocab = Vocab.from_json(backend.to_str())
     with _cache_lock:
         try:
-            _weak_cache[owner] = (size, vocab)
+            _weak_cache[owner] = (key, vocab)
         except TypeError:
             _strong_cache[:] = [e for e in _strong_cache if e[0] is not owner][-(_STRONG_CACHE_SIZE - 1) :]
-            _strong_cache.append((owner, size, vocab))
+            _strong_cache.append((owner, key, vocab))
     return vocab
 
 
@@ -79,7 +159,7 @@ def resolve(tokenizer: Any) -> TokenizerInfo:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:  # transformers PreTrainedTokenizerFast
         return TokenizerInfo(
-            vocab=_cached_vocab(tokenizer, backend),
+            vocab=_cached_vocab(tokenizer, backend, tokenizer),
             pad_token_id=getattr(tokenizer, "pad_token_id", None),
             padding_side=getattr(tokenizer, "padding_side", "right") or "right",
             eos_token_id=getattr(tokenizer, "eos_token_id", None),

@@ -69,6 +69,20 @@ def _instruction_list(instruction_template: Any) -> list[Template]:
     raise OptionTypeError(f"instruction_template must be a str or a list, got {type(instruction_template).__name__}")
 
 
+def _markers_for(tokenizer: Any) -> Any:
+    """The chat template's markers, or an error naming the ways out when there is none."""
+    from sftmask.chat import chat_markers
+
+    if not getattr(tokenizer, "chat_template", None) or not hasattr(tokenizer, "apply_chat_template"):
+        raise OptionError(
+            "response_template is required: this tokenizer has no chat template to derive it from. "
+            "Pass response_template=… (and instruction_template=…), or give the tokenizer a chat template "
+            "(tokenizer.chat_template = …, then sftmask.chat_markers derives them), or preprocess the "
+            "messages with sftmask.tokenize_and_mask and collate with labels='keep'"
+        )
+    return chat_markers(tokenizer)
+
+
 _torch = None
 
 
@@ -98,7 +112,10 @@ class DataCollatorForCompletionOnlyLM:
     torch.Size([2, 16])
 
     Args:
-        response_template: the text (or token ids) that starts every assistant turn.
+        response_template: the text (or token ids) that starts every assistant turn. When
+            neither template is given (and ``labels="mask"``), both are derived from the
+            tokenizer's chat template by :func:`sftmask.chat_markers` (kept in
+            ``collator.chat_markers``); a tokenizer without one is an ``OptionError``.
         instruction_template: the text (or ids) that starts a user turn, or a list of such
             templates (user, system, tool headers). With it, every assistant turn is trained;
             without it, only the text after the last response template.
@@ -205,6 +222,12 @@ class DataCollatorForCompletionOnlyLM:
         self.eos_token_id = info.eos_token_id
         self.labels = labels
         self._vocab = info.vocab
+        #: The :class:`sftmask.ChatMarkers` the templates were derived from, when none were given.
+        self.chat_markers = None
+        if response_template is None and instruction_template is None and labels == "mask" and compat == "exact":
+            self.chat_markers = _markers_for(tokenizer)
+            response_template = self.response_template = self.chat_markers.response_template
+            instruction_template = self.instruction_template = list(self.chat_markers.instruction_templates)
         if compat == "trl" and labels == "mask":
             response, instructions = self._trl_templates(tokenizer, info, response_template, instruction_template, pad)
         else:
@@ -377,10 +400,13 @@ class DataCollatorForCompletionOnlyLM:
     )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._STATE}
+        # Derived markers travel as the templates they gave, so a worker renders no probes.
+        return {**{name: getattr(self, name) for name in self._STATE}, "chat_markers": self.chat_markers}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         tokenizer = state.pop("tokenizer")
         response = state.pop("response_template")
         instruction = state.pop("instruction_template")
+        markers = state.pop("chat_markers", None)
         self.__init__(response, instruction, tokenizer=tokenizer, **state)  # type: ignore[misc]
+        self.chat_markers = markers

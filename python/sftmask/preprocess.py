@@ -21,6 +21,7 @@ from typing import Any
 from sftmask import _chat, _tokenizer
 from sftmask._core import Encoder, Masker, MissingTemplateWarning, OptionError, OptionTypeError
 from sftmask._core import tokenize_and_mask as _tokenize_and_mask
+from sftmask._core import tokenize_and_mask_arrow as _tokenize_and_mask_arrow
 from sftmask._errors import row_error
 
 # Parsing a tokenizer.json costs ~0.1 s: remember the Encoder per tokenizer object (weakly where
@@ -152,8 +153,31 @@ def _texts(rows: Any, tokenizer: Any) -> tuple[list[str], bool]:
     )
 
 
+def _is_arrow(data: Any) -> bool:
+    """Arrow data by the PyCapsule interface: pyarrow, polars, DuckDB, nanoarrow… tables."""
+    return hasattr(data, "__arrow_c_stream__") or hasattr(data, "__arrow_c_array__")
+
+
+class _ArrowStream:
+    """Hands the core's output stream (an ``arrow_array_stream`` capsule) to ``pyarrow.table``."""
+
+    def __init__(self, capsule: Any) -> None:
+        self._capsule = capsule
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        return self._capsule
+
+
+def _arrow_table(capsule: Any) -> Any:
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - Arrow input without pyarrow: polars, DuckDB
+        raise OptionTypeError("Arrow output is a pyarrow.Table: install pyarrow (pip install pyarrow)") from None
+    return pa.table(_ArrowStream(capsule))
+
+
 def tokenize_and_mask(
-    texts_or_messages: Any,
+    texts_or_messages: Sequence[str] | Sequence[Sequence[Mapping[str, Any]]] | Any,
     tokenizer: Any,
     response_template: str | Sequence[int] | None = None,
     instruction_template: Any = None,
@@ -168,6 +192,7 @@ def tokenize_and_mask(
     on_missing: str = "warn",
     num_threads: int | None = None,
     return_stats: bool = False,
+    text_column: str = "text",
     **template_kwargs: Any,
 ) -> Any:
     """Tokenizes rows and computes their labels in one pass (Rust, in parallel, without the GIL).
@@ -196,9 +221,23 @@ def tokenize_and_mask(
     which only pads. Made for ``datasets.map(batched=True, num_proc=N)``: the function pickles by
     name and its thread pool survives ``fork``.
 
+    Arrow in, Arrow out: given a ``pyarrow.Table`` or ``RecordBatch`` (or any object with
+    ``__arrow_c_stream__``/``__arrow_c_array__``) with a ``text`` column, it returns a
+    ``pyarrow.Table``: the other columns unchanged, then ``input_ids`` and ``labels``
+    (``list<int32>``) and ``length`` (``int32``), rows as the list API makes them. Built in
+    Rust straight into Arrow buffers, for ``datasets`` (``ds.with_format("arrow")``), Ray Data
+    (``batch_format="pyarrow"``) and Spark's ``mapInArrow``.
+
+    >>> import pyarrow as pa
+    >>> tokenize_and_mask(pa.table({"id": [7], "text": ["<|im_start|>assistant\\nHi<|im_end|>"]}),
+    ...                   tokenizer, "<|im_start|>assistant\\n").column_names
+    ['id', 'input_ids', 'labels', 'length']
+
     Args:
-        texts_or_messages: a list of texts, a list of conversations, or a ``datasets`` batch
-            (a mapping with a ``messages`` column, and optionally a ``tools`` column).
+        texts_or_messages: a list of texts, a list of conversations, a ``datasets`` batch
+            (a mapping with a ``messages`` column, and optionally a ``tools`` column); or Arrow
+            data with a ``text_column`` of strings (``string``, ``large_string`` or
+            ``string_view``; a null text is a :class:`RowError`).
         tokenizer: a transformers fast tokenizer, a ``tokenizers.Tokenizer``, or a path to
             ``tokenizer.json`` or its folder (conversations: one with a chat template, or pass
             ``chat_template=``).
@@ -225,10 +264,12 @@ def tokenize_and_mask(
         num_threads: threads to use (default: ``RAYON_NUM_THREADS`` or all CPUs).
         return_stats: also return the call's :class:`sftmask.Stats` (rows without a template,
             truncated rows, trained tokens, …).
+        text_column: Arrow input only: the column of texts (dropped from the output; the table
+            must not already have ``input_ids``, ``labels`` or ``length`` columns).
 
     Returns:
-        ``{"input_ids": [[…], …], "labels": [[…], …]}``, one entry per row; with
-        ``return_stats=True``, ``(that dict, stats)``.
+        ``{"input_ids": [[…], …], "labels": [[…], …]}``, one entry per row (a ``pyarrow.Table``
+        for Arrow input); with ``return_stats=True``, ``(that, stats)``.
     """
     from sftmask.collator import _check_int, _instruction_list
 
@@ -264,7 +305,13 @@ def tokenize_and_mask(
         texts_or_messages = list(texts_or_messages["messages"])
     if isinstance(response_template, str) and not response_template:
         raise OptionError("response_template is empty")
-    texts, from_messages = _texts(texts_or_messages, tokenizer)
+    arrow = _is_arrow(texts_or_messages)
+    if arrow:
+        if not isinstance(text_column, str):
+            raise OptionTypeError(f"text_column must be a str, got {type(text_column).__name__}")
+        texts, from_messages = [], False
+    else:
+        texts, from_messages = _texts(texts_or_messages, tokenizer)
     info = _tokenizer.resolve(tokenizer)
     masker = _masker(
         info.vocab,
@@ -277,17 +324,29 @@ def tokenize_and_mask(
     )
     if add_special_tokens is None:
         add_special_tokens = not from_messages
-    input_ids, labels, stats = _tokenize_and_mask(
-        texts, _encoder(tokenizer), masker, add_special_tokens=add_special_tokens, max_length=max_length
-    )
+    out: Any
+    if arrow:
+        capsule, stats = _tokenize_and_mask_arrow(
+            texts_or_messages,
+            _encoder(tokenizer),
+            masker,
+            column=text_column,
+            add_special_tokens=add_special_tokens,
+            max_length=max_length,
+        )
+        out = _arrow_table(capsule)
+    else:
+        input_ids, labels, stats = _tokenize_and_mask(
+            texts, _encoder(tokenizer), masker, add_special_tokens=add_special_tokens, max_length=max_length
+        )
+        out = {"input_ids": input_ids, "labels": labels}
     missing = stats.missing_rows
     if missing and on_missing == "warn":
         shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
         warnings.warn(
-            f"{len(missing)} of {len(texts)} rows have no response template {response_template!r} (rows {shown}); "
+            f"{len(missing)} of {stats.rows} rows have no response template {response_template!r} (rows {shown}); "
             f"all their labels are {ignore_index}. Check the template or increase max_length.",
             MissingTemplateWarning,
             stacklevel=2,
         )
-    out = {"input_ids": input_ids, "labels": labels}
     return (out, stats) if return_stats else out

@@ -79,6 +79,9 @@ pub(crate) struct Example<'py> {
     pub ids: Source<'py>,
     pub labels: Option<Source<'py>>,
     pub extras: Vec<Source<'py>>,
+    /// A packed row's sequence lengths (`labels="keep"` only): its `seq_lengths`, or the runs
+    /// of its `position_ids` that start at 0 (`docs/packing.md#collating-packed-rows`).
+    pub sequences: Option<Vec<usize>>,
 }
 
 /// The examples as a list (a list is used as is; other iterables are materialized once).
@@ -171,6 +174,7 @@ pub(crate) fn example<'py>(
             ids: ids_source(example.clone(), row, "input_ids", true)?,
             labels: None,
             extras: Vec::new(),
+            sequences: None,
         });
     }
     let ids = get_key(example, "input_ids")?.ok_or_else(|| {
@@ -210,11 +214,42 @@ pub(crate) fn example<'py>(
         }
         columns.push(source);
     }
+    let sequences = if want_labels { sequences(example, row)? } else { None };
     Ok(Example {
         ids,
         labels,
         extras: columns,
+        sequences,
     })
+}
+
+/// The sequence lengths of a packed example: `seq_lengths` as given, else derived from
+/// `position_ids` (a sequence starts at each 0 and at the first token), else `None`.
+fn sequences(example: &Bound<'_, PyAny>, row: usize) -> PyResult<Option<Vec<usize>>> {
+    if let Some(v) = get_key(example, "seq_lengths")?.filter(|v| !v.is_none()) {
+        let lengths = ints_vec(&v, row, "seq_lengths")?;
+        return lengths
+            .into_iter()
+            .map(|l| usize::try_from(l).map_err(|_| row_err(row, format!("seq_lengths holds a negative length {l}"))))
+            .collect::<PyResult<Vec<usize>>>()
+            .map(Some);
+    }
+    let Some(v) = get_key(example, "position_ids")?.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let positions = ints_vec(&v, row, "position_ids")?;
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    for (i, &p) in positions.iter().enumerate().skip(1) {
+        if p == 0 {
+            out.push(i - start);
+            start = i;
+        }
+    }
+    if !positions.is_empty() {
+        out.push(positions.len() - start);
+    }
+    Ok(Some(out))
 }
 
 /// A row of given labels (or its ids) under `labels="keep"`, read as numpy reads it: such rows
@@ -429,9 +464,14 @@ fn copy_tuple(t: &Bound<'_, PyTuple>, out: &mut [i64], row: usize, key: &str) ->
 
 /// Ids of one sequence (a template, an example to inspect) as a Vec.
 pub(crate) fn ids_vec(obj: &Bound<'_, PyAny>, row: usize) -> PyResult<Vec<i64>> {
-    let src = ids_source(obj.clone(), row, "input_ids", true)?;
+    ints_vec(obj, row, "input_ids")
+}
+
+/// A sequence of ints named `key` in messages, copied out.
+pub(crate) fn ints_vec(obj: &Bound<'_, PyAny>, row: usize, key: &str) -> PyResult<Vec<i64>> {
+    let src = ids_source(obj.clone(), row, key, true)?;
     let mut out = vec![0i64; src.len()];
-    src.copy_all(&mut out, row, "input_ids")?;
+    src.copy_all(&mut out, row, key)?;
     Ok(out)
 }
 

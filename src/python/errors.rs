@@ -211,6 +211,7 @@ pub(crate) fn core_err(e: Error) -> PyErr {
         Error::TokenizerJson(_) | Error::UnsupportedTokenizer(_) => Kind::Tokenizer,
         Error::EmptyTemplate { .. } | Error::TemplateIdOutOfVocab { .. } | Error::InvalidArgument(_) => Kind::Option,
         Error::EmptyBatch => Kind::Row,
+        Error::ColumnType { .. } => Kind::OptionType,
         _ if e.row().is_some() => Kind::Row,
         _ => Kind::Option,
     };

@@ -246,6 +246,13 @@ impl PyMasker {
                 labels.copy_python(batch.row_labels_mut(r), r, "labels")?;
             }
         }
+        if rows.iter().any(|e| e.sequences.is_some()) {
+            let sequences = rows
+                .iter_mut()
+                .map(|e| e.sequences.take().unwrap_or_default())
+                .collect();
+            core(batch.set_sequences(sequences))?;
+        }
         let ids = rows
             .iter()
             .enumerate()
@@ -281,7 +288,7 @@ impl PyMasker {
         )?;
         self.extras(py, &out, &keys, &rows, &batch, &lengths)?;
         if matches!(padding.layout, Layout::Flat) {
-            let max_length = batch.max_length();
+            let max_length = batch.longest_sequence();
             out.set_item("labels", to_2d(std::mem::take(&mut batch.labels), (n_rows, cols))?)?;
             out.set_item(
                 "position_ids",
@@ -298,6 +305,13 @@ impl PyMasker {
                 to_2d(std::mem::take(&mut batch.attention_mask), (n_rows, cols))?,
             )?;
             out.set_item("labels", to_2d(std::mem::take(&mut batch.labels), (n_rows, cols))?)?;
+            if batch.has_sequences() {
+                // Packed bins, padded: each bin's positions restart per sequence.
+                out.set_item(
+                    "position_ids",
+                    to_2d(std::mem::take(&mut batch.position_ids), (n_rows, cols))?,
+                )?;
+            }
         }
         Ok((out, stats.into()))
     }

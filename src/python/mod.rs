@@ -5,11 +5,13 @@
 //! (`py.detach`), hands output buffers to numpy without copying (`into_pyarray`), and maps core
 //! errors to sftmask's exception tree (`errors`). Panics become `sftmask.InternalError`.
 
+mod arrow;
 mod chat;
 mod convert;
 mod encoder;
 mod errors;
 mod masker;
+mod pack;
 mod stats;
 mod vocab;
 
@@ -19,13 +21,18 @@ use pyo3::prelude::*;
 #[pymodule]
 mod _core {
     #[pymodule_export]
+    use super::arrow::tokenize_and_mask_arrow;
+    #[pymodule_export]
     use super::chat::{tokenize_conversations, PyChatTemplate};
     #[pymodule_export]
     use super::encoder::{tokenize_and_mask, PyEncoder};
     #[pymodule_export]
     use super::masker::PyMasker;
     #[pymodule_export]
-    use super::stats::{_stats_from_dict, PyStats};
+    #[pymodule_export]
+    use super::pack::pack;
+    #[pymodule_export]
+    use super::stats::{_stats_from_dict, PyPackStats, PyStats};
     #[pymodule_export]
     use super::vocab::PyVocab;
     use super::*;

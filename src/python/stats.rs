@@ -192,3 +192,107 @@ pub(crate) fn _stats_from_dict(py: Python<'_>, fields: &Bound<'_, PyDict>) -> Py
     let cls = py.get_type::<PyStats>();
     Ok(cls.call((), Some(fields))?.cast_into::<PyStats>()?.unbind())
 }
+
+/// What one ``sftmask.pack`` call did. A type of its own rather than more ``Stats`` fields:
+/// ``Stats`` counts what masking did to rows, and bins or a fill ratio mean nothing for a
+/// collation or a preprocessing call.
+///
+/// >>> _, stats = pack([[1, 2, 3], [4, 5]], [[1, 2, 3], [-100, 5]], 4)
+/// >>> stats.bins, stats.fill_ratio, stats.trained_tokens
+/// (2, 0.625, 4)
+#[pyclass(name = "PackStats", module = "sftmask", frozen, eq)]
+#[derive(Clone, PartialEq, Eq)]
+pub struct PyPackStats {
+    /// Input rows.
+    #[pyo3(get)]
+    rows: u64,
+    /// Rows with no tokens (nothing to pack; left out).
+    #[pyo3(get)]
+    rows_empty: u64,
+    /// Sequences packed (rows, plus the extra pieces of split rows).
+    #[pyo3(get)]
+    sequences: u64,
+    /// Bins.
+    #[pyo3(get)]
+    bins: u64,
+    /// Tokens packed.
+    #[pyo3(get)]
+    tokens: u64,
+    /// The bin size.
+    #[pyo3(get)]
+    max_length: u64,
+    /// Rows cut to max_length (truncation="right").
+    #[pyo3(get)]
+    rows_truncated: u64,
+    /// Rows cut into several sequences (truncation="split").
+    #[pyo3(get)]
+    rows_split: u64,
+    /// Tokens dropped by truncation.
+    #[pyo3(get)]
+    tokens_dropped: u64,
+    /// Packed tokens whose label is not ignore_index.
+    #[pyo3(get)]
+    trained_tokens: u64,
+}
+
+impl From<crate::pack::PackStats> for PyPackStats {
+    fn from(s: crate::pack::PackStats) -> Self {
+        PyPackStats {
+            rows: s.rows,
+            rows_empty: s.rows_empty,
+            sequences: s.sequences,
+            bins: s.bins,
+            tokens: s.tokens,
+            max_length: s.max_length,
+            rows_truncated: s.rows_truncated,
+            rows_split: s.rows_split,
+            tokens_dropped: s.tokens_dropped,
+            trained_tokens: s.trained_tokens,
+        }
+    }
+}
+
+const PACK_FIELDS: [&str; 10] = [
+    "rows",
+    "rows_empty",
+    "sequences",
+    "bins",
+    "tokens",
+    "max_length",
+    "rows_truncated",
+    "rows_split",
+    "tokens_dropped",
+    "trained_tokens",
+];
+
+#[pymethods]
+impl PyPackStats {
+    /// tokens / (bins * max_length); 0.0 for no bins.
+    #[getter]
+    fn fill_ratio(&self) -> f64 {
+        if self.bins == 0 {
+            0.0
+        } else {
+            self.tokens as f64 / (self.bins as f64 * self.max_length as f64)
+        }
+    }
+
+    /// The fields as a dict, plus ``fill_ratio``.
+    fn as_dict<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(slf.py());
+        for name in PACK_FIELDS {
+            out.set_item(name, slf.getattr(name)?)?;
+        }
+        out.set_item("fill_ratio", slf.get().fill_ratio())?;
+        Ok(out)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let mut parts = Vec::with_capacity(PACK_FIELDS.len() + 1);
+        for name in PACK_FIELDS {
+            parts.push(format!("{name}={}", slf.getattr(name)?.repr()?));
+        }
+        parts.push(format!("fill_ratio={:.4}", slf.get().fill_ratio()));
+        Ok(format!("PackStats({})", parts.join(", ")))
+    }
+}

@@ -38,6 +38,27 @@ impl PyVocab {
         Self::from_json(py, &json)
     }
 
+    /// Builds the table from a loaded tokenizer's own parts (`parts`: a tokenizer.json text
+    /// without the model vocabulary) and the model vocabulary of the file `vocab_file`; also
+    /// returns the file's model type, its number of vocabulary entries (None when an id repeats)
+    /// and sampled (id, token) pairs, to be confirmed against the loaded tokenizer (the cold
+    /// start path of `sftmask._tokenizer`, which never calls `to_str()` when the file matches).
+    #[staticmethod]
+    #[allow(clippy::type_complexity)]
+    fn from_parts(
+        py: Python<'_>,
+        parts: &str,
+        vocab_file: std::path::PathBuf,
+    ) -> PyResult<(Self, Option<String>, Option<usize>, Vec<(u32, String)>)> {
+        let built = detach_guarded(py, || {
+            let bytes = std::fs::read(&vocab_file)
+                .map_err(|e| crate::Error::TokenizerJson(format!("cannot read {}: {e}", vocab_file.display())))?;
+            Vocab::from_parts(parts, &bytes)
+        })?;
+        let (vocab, check) = core(built)?;
+        Ok((PyVocab { inner: Arc::new(vocab) }, check.kind, check.len, check.sample))
+    }
+
     fn __len__(&self) -> usize {
         self.inner.len()
     }
@@ -71,7 +92,7 @@ impl PyVocab {
         }
     }
 
-    /// A stable hash of the tokenizer.json text.
+    /// A stable hash of the table: equal tables, equal fingerprints.
     #[getter]
     fn fingerprint(&self) -> u64 {
         self.inner.fingerprint()

@@ -1,0 +1,151 @@
+//! `sftmask._core.tokenize_and_mask_arrow`: preprocessing with Arrow data in and out, through the
+//! Arrow PyCapsule interface (`__arrow_c_stream__`, `__arrow_c_array__`), so any Arrow library's
+//! tables work (pyarrow, polars, DuckDB, …) and no Python object is made per row or token.
+//!
+//! This file only moves data across the C data interface; the work is `crate::arrow`'s.
+
+use std::ffi::CStr;
+
+use arrow_array::ffi::{from_ffi, FFI_ArrowArray, FFI_ArrowSchema};
+use arrow_array::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};
+use arrow_array::{Array, RecordBatch, RecordBatchIterator, RecordBatchReader, StructArray};
+use arrow_schema::{DataType, Schema};
+use pyo3::prelude::*;
+use pyo3::types::{PyCapsule, PyCapsuleMethods};
+
+use super::convert::Count;
+use super::encoder::PyEncoder;
+use super::errors::{core, detach_guarded, guarded, option_type_err};
+use super::masker::PyMasker;
+use super::stats::PyStats;
+use crate::encode::EncodeOptions;
+use crate::Error;
+
+// The capsule names the PyCapsule interface fixes.
+const STREAM: &CStr = c"arrow_array_stream";
+const SCHEMA: &CStr = c"arrow_schema";
+const ARRAY: &CStr = c"arrow_array";
+
+fn not_arrow(data: &Bound<'_, PyAny>, why: impl std::fmt::Display) -> PyErr {
+    let name = data
+        .get_type()
+        .name()
+        .map_or_else(|_| "an object".into(), |n| n.to_string());
+    option_type_err(format!(
+        "expected an Arrow table (a pyarrow Table or RecordBatch, or an object with __arrow_c_stream__ \
+         or __arrow_c_array__), got {name}: {why}"
+    ))
+}
+
+/// The input as it arrives: a stream, read later without the GIL, or one batch.
+enum Input {
+    Stream(ArrowArrayStreamReader),
+    Batch(RecordBatch),
+}
+
+fn import(data: &Bound<'_, PyAny>) -> PyResult<Input> {
+    if data.hasattr("__arrow_c_stream__")? {
+        let capsule = data.call_method0("__arrow_c_stream__")?;
+        let capsule = capsule
+            .cast::<PyCapsule>()
+            .map_err(|_| not_arrow(data, "__arrow_c_stream__() did not return a PyCapsule"))?;
+        let ptr = capsule.pointer_checked(Some(STREAM)).map_err(|_| {
+            not_arrow(
+                data,
+                "__arrow_c_stream__() returned a capsule not named 'arrow_array_stream'",
+            )
+        })?;
+        // SAFETY: a capsule of this name holds an `ArrowArrayStream` (the PyCapsule interface);
+        // `from_raw` moves it out and leaves a released one for the capsule's destructor.
+        let reader = unsafe { ArrowArrayStreamReader::from_raw(ptr.as_ptr().cast::<FFI_ArrowArrayStream>()) }
+            .map_err(|e| not_arrow(data, format!("its stream has no table schema ({e})")))?;
+        return Ok(Input::Stream(reader));
+    }
+    if data.hasattr("__arrow_c_array__")? {
+        let pair = data.call_method0("__arrow_c_array__")?;
+        let (schema, array): (Bound<'_, PyCapsule>, Bound<'_, PyCapsule>) = pair
+            .extract()
+            .map_err(|_| not_arrow(data, "__arrow_c_array__() did not return two PyCapsules"))?;
+        let (schema, array) = match (schema.pointer_checked(Some(SCHEMA)), array.pointer_checked(Some(ARRAY))) {
+            (Ok(s), Ok(a)) => (s, a),
+            _ => {
+                return Err(not_arrow(
+                    data,
+                    "__arrow_c_array__() returned capsules not named 'arrow_schema', 'arrow_array'",
+                ))
+            }
+        };
+        // SAFETY: capsules of these names hold an `ArrowSchema` and an `ArrowArray`. The schema
+        // is only read (its capsule still owns and releases it); the array is moved out.
+        let schema = unsafe { &*schema.as_ptr().cast::<FFI_ArrowSchema>() };
+        let data_type = DataType::try_from(schema).map_err(|e| not_arrow(data, e))?;
+        if !matches!(data_type, DataType::Struct(_)) {
+            return Err(not_arrow(
+                data,
+                format!("it is an Arrow array of {data_type}, not a table"),
+            ));
+        }
+        let array = unsafe { FFI_ArrowArray::from_raw(array.as_ptr().cast::<FFI_ArrowArray>()) };
+        // SAFETY: `schema` describes `array` (they come from one call).
+        let array = unsafe { from_ffi(array, schema) }.map_err(|e| not_arrow(data, e))?;
+        let array = StructArray::from(array);
+        if array.null_count() > 0 {
+            return Err(not_arrow(data, "it is a struct array with null rows, not a table"));
+        }
+        return Ok(Input::Batch(RecordBatch::from(array)));
+    }
+    Err(not_arrow(data, "it has neither method"))
+}
+
+/// Tokenizes column `column` of Arrow data and masks each row with `masker` (an exact one), in
+/// parallel and without the GIL; returns ``(stream, stats)``, where ``stream`` is an
+/// ``arrow_array_stream`` PyCapsule of the table: the other columns, then ``input_ids``,
+/// ``labels`` (``list<int32>``) and ``length`` (``int32``). ``sftmask.tokenize_and_mask`` is
+/// the front that takes a tokenizer and returns a ``pyarrow.Table``.
+///
+/// >>> import pyarrow as pa
+/// >>> masker = Masker(vocab, "<|im_start|>assistant\n")
+/// >>> capsule, stats = tokenize_and_mask_arrow(pa.table({"text": ["<|im_start|>assistant\nHi<|im_end|>"]}), enc,
+/// ...                                          masker, add_special_tokens=False)
+/// >>> stats.rows, type(capsule).__name__
+/// (1, 'PyCapsule')
+#[pyfunction]
+#[pyo3(signature = (data, encoder, masker, *, column = "text", add_special_tokens = true, max_length = None))]
+pub(crate) fn tokenize_and_mask_arrow<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    encoder: &PyEncoder,
+    masker: &PyMasker,
+    column: &str,
+    add_special_tokens: bool,
+    max_length: Option<Count>,
+) -> PyResult<(Bound<'py, PyCapsule>, PyStats)> {
+    let options = EncodeOptions {
+        add_special_tokens,
+        max_length: max_length.map(|c| c.0),
+    };
+    let threads = masker.threads();
+    let (tokenizer, m) = (&*encoder.inner, masker.masker());
+    let input = guarded(|| import(data))?;
+    let out = core(detach_guarded(py, move || {
+        // A stream is read here, without the GIL: its producer takes the GIL itself if it
+        // needs it (a Python-backed reader), as the C stream interface requires.
+        let (schema, batches): (std::sync::Arc<Schema>, Vec<RecordBatch>) = match input {
+            Input::Stream(reader) => {
+                let schema = reader.schema();
+                let batches = reader
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Arrow(format!("reading the input stream failed: {e}")))?;
+                (schema, batches)
+            }
+            Input::Batch(batch) => (batch.schema(), vec![batch]),
+        };
+        crate::arrow::tokenize_and_mask_batches(tokenizer, m, &schema, &batches, column, options, threads)
+    })?)?;
+    let reader = RecordBatchIterator::new(out.batches.into_iter().map(Ok), out.schema);
+    let stream = FFI_ArrowArrayStream::new(Box::new(reader));
+    // The capsule owns the stream until a consumer moves it out; dropping an unread one
+    // releases the batches.
+    let capsule = PyCapsule::new_with_value(py, stream, STREAM)?;
+    Ok((capsule, out.stats.into()))
+}
