@@ -51,6 +51,26 @@ pub fn fill_labels(
     labels: &mut [i64],
 ) -> RowStats {
     debug_assert_eq!(ids.len(), text.len());
+    fill_labels_by_ends(ids, text.ends(), regions, ignore_index, labels)
+}
+
+/// [`fill_labels`] over token end offsets: token `i` spans `ends[i - 1]..ends[i]` (the first
+/// starts at 0), so the tokens partition the text. For tokens whose spans come from elsewhere
+/// than a [`SearchText`] (a tokenizer's own byte offsets, in chat-template preprocessing).
+///
+/// ```
+/// let mut labels = [0i64; 3];
+/// let stats = sftmask::labels::fill_labels_by_ends(&[7, 8, 9], &[2, 4, 8], &[(4, 8)], -100, &mut labels);
+/// assert_eq!((labels, stats.trained), ([-100, -100, 9], 1));
+/// ```
+pub fn fill_labels_by_ends(
+    ids: &[i64],
+    ends: &[u32],
+    regions: &[Region],
+    ignore_index: i64,
+    labels: &mut [i64],
+) -> RowStats {
+    debug_assert_eq!(ids.len(), ends.len());
     debug_assert_eq!(ids.len(), labels.len());
     let mut stats = RowStats {
         tokens: ids.len() as u64,
@@ -60,7 +80,6 @@ pub fn fill_labels(
         labels.fill(ignore_index);
         return stats;
     }
-    let ends = text.ends();
     let mut r = 0usize;
     let mut start = 0u32;
     for (i, (&id, label)) in ids.iter().zip(labels.iter_mut()).enumerate() {

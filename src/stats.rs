@@ -34,11 +34,19 @@ pub struct Stats {
     pub rows_without_trained_tokens: u64,
     /// Rows cut by `max_length` (preprocessing only).
     pub rows_truncated: u64,
+    /// Conversations whose trained turns cannot be located exactly in the rendered text (their
+    /// labels are all `ignore_index`, never a guessed mask).
+    pub rows_not_located: u64,
+    /// Trained turns whose region does not end in a special token (the end-of-turn marker is
+    /// not trained: the model never learns to stop there).
+    pub turns_without_end_marker: u64,
     /// Indices (within this call) of the rows without a response template. Kept per call only:
     /// [`Stats::add`] adds the counts, not the indices.
     pub missing_rows: Vec<usize>,
     /// Indices (within this call) of the rows without the instruction template (`compat="trl"`).
     pub missing_instruction_rows: Vec<usize>,
+    /// Indices (within this call) of the conversations counted in `rows_not_located`.
+    pub not_located_rows: Vec<usize>,
 }
 
 impl Stats {
@@ -72,5 +80,7 @@ impl Stats {
         self.rows_without_instruction_template += other.rows_without_instruction_template;
         self.rows_without_trained_tokens += other.rows_without_trained_tokens;
         self.rows_truncated += other.rows_truncated;
+        self.rows_not_located += other.rows_not_located;
+        self.turns_without_end_marker += other.turns_without_end_marker;
     }
 }

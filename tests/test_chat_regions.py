@@ -91,13 +91,10 @@ def rule_regions(
 
 def rust(name: str, convs: list[dict[str, Any]]) -> list[tuple[str, str, list[Any]]]:
     special = special_tokens(name)
-    return _core.chat_regions(
-        _TEMPLATES[name],
-        json.dumps(convs),
-        token_strings(name),
-        bos=special.get("bos_token"),
-        eos=special.get("eos_token"),
+    template = _core.ChatTemplate(
+        _TEMPLATES[name], bos_token=special.get("bos_token"), eos_token=special.get("eos_token")
     )
+    return template.regions(json.dumps(convs), token_strings(name))
 
 
 def compare(name: str) -> Counter[str]:

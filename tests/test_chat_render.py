@@ -77,14 +77,8 @@ def _truth(
 def _rust(
     source: str, convs: list[dict[str, Any]], special: dict[str, str], agp: bool, kwargs: dict[str, Any] | None = None
 ) -> list[tuple[str, str]]:
-    return _core.render_chat(
-        source,
-        json.dumps(convs),
-        bos=special.get("bos_token"),
-        eos=special.get("eos_token"),
-        add_generation_prompt=agp,
-        kwargs_json=json.dumps(kwargs or {}),
-    )
+    template = _core.ChatTemplate(source, bos_token=special.get("bos_token"), eos_token=special.get("eos_token"))
+    return template.render(json.dumps(convs), add_generation_prompt=agp, kwargs_json=json.dumps(kwargs or {}))
 
 
 def compare(name: str) -> dict[str, Any]:

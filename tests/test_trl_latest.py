@@ -102,6 +102,73 @@ def test_newest_sft_trainer(tmp_path, padding_free):
     assert seen > 0
 
 
+def test_llama31_conversations_where_assistant_only_loss_cannot(tmp_path):
+    """Llama-3.1's chat template has no ``{% generation %}`` tags: TRL 1.x's ``assistant_only_loss``
+    refuses it. ``tokenize_and_mask`` on the same ``messages`` gives ``input_ids`` + ``labels`` that
+    train exactly each answer and its ``<|eot_id|>``, and SFTTrainer trains on them unchanged."""
+    import sys
+    from pathlib import Path
+
+    import datasets
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from build_chat_templates import chat_templates
+
+    tok = load_hf_tokenizer("llama3")
+    tok.chat_template = chat_templates()["llama_cpp/meta-llama-Llama-3.1-8B-Instruct"]
+    ds = datasets.Dataset.from_dict({"messages": CHATS * 2})
+    model = tiny_llama(len(tok), max_position_embeddings=512)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def config(**kwargs):
+        return trl.SFTConfig(
+            output_dir=str(tmp_path),
+            max_steps=2,
+            per_device_train_batch_size=3,
+            learning_rate=1e-2,
+            logging_steps=1,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            **kwargs,
+        )
+
+    with pytest.raises(ValueError, match="generation"):
+        trl.SFTTrainer(model=model, args=config(assistant_only_loss=True), train_dataset=ds, processing_class=tok)
+
+    pre = ds.map(
+        sftmask.tokenize_and_mask,
+        batched=True,
+        remove_columns=ds.column_names,
+        fn_kwargs={"tokenizer": tok, "date_string": "26 Jul 2024"},
+    )
+    want = {tuple(ids): labels for ids, labels in zip(pre["input_ids"], pre["labels"])}
+    for labels in pre["labels"]:
+        runs, run = [], []
+        for t in [*labels, -100]:
+            if t != -100:
+                run.append(t)
+            elif run:
+                runs.append(tok.decode(run))
+                run = []
+        assert runs and all(r.endswith("<|eot_id|>") for r in runs), runs
+        assert not any("assistant" in r or "user" in r for r in runs), runs
+    collator = Recorder(sftmask.DataCollatorForCompletionOnlyLM(tokenizer=tok, labels="keep"))
+    trainer = trl.SFTTrainer(
+        model=model, args=config(), train_dataset=pre, processing_class=tok, data_collator=collator
+    )
+    trainer.train()
+    assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters())
+    seen = 0
+    for batch in collator.batches:
+        mask = batch["attention_mask"].bool()
+        for row in range(batch["input_ids"].shape[0]):
+            ids = tuple(batch["input_ids"][row][mask[row]].tolist())
+            assert batch["labels"][row][mask[row]].tolist() == want[ids]
+            seen += 1
+    assert seen > 0
+
+
 # -- packing against TRL 1.x's own pack_dataset (docs/packing.md) -------------------------------
 
 

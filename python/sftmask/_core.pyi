@@ -14,6 +14,7 @@ from typing_extensions import TypeAlias
 
 __all__ = [
     "PARALLEL_MIN_TOKENS",
+    "ChatTemplate",
     "Encoder",
     "InternalError",
     "Masker",
@@ -29,11 +30,10 @@ __all__ = [
     "Vocab",
     "__version__",
     "_stats_from_dict",
-    "chat_regions",
     "pack",
-    "render_chat",
     "tokenize_and_mask",
     "tokenize_and_mask_arrow",
+    "tokenize_conversations",
 ]
 
 __version__: Final[str]
@@ -70,6 +70,9 @@ class Stats:
         rows_truncated: int = 0,
         missing_rows: Sequence[int] = ...,
         missing_instruction_rows: Sequence[int] = ...,
+        rows_not_located: int = 0,
+        turns_without_end_marker: int = 0,
+        not_located_rows: Sequence[int] = ...,
     ) -> Stats: ...
     @property
     def rows(self) -> int: ...
@@ -91,6 +94,12 @@ class Stats:
     def missing_rows(self) -> list[int]: ...
     @property
     def missing_instruction_rows(self) -> list[int]: ...
+    @property
+    def rows_not_located(self) -> int: ...
+    @property
+    def turns_without_end_marker(self) -> int: ...
+    @property
+    def not_located_rows(self) -> list[int]: ...
     @property
     def trained_fraction(self) -> float: ...
     @property
@@ -182,23 +191,40 @@ def tokenize_and_mask_arrow(
     max_length: int | None = None,
 ) -> tuple[Any, Stats]: ...
 
-# Temporary test hooks for the chat renderer (src/python/chat.rs).
-def render_chat(
-    template: str,
-    conversations_json: str,
-    bos: str | None = None,
-    eos: str | None = None,
-    add_generation_prompt: bool = False,
+@final
+class ChatTemplate:
+    def __new__(
+        cls,
+        source: str,
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        unk_token: str | None = None,
+        pad_token: str | None = None,
+    ) -> ChatTemplate: ...
+    @property
+    def unsupported(self) -> str | None: ...
+    def render(
+        self, conversations_json: str, *, add_generation_prompt: bool = False, kwargs_json: str = "{}"
+    ) -> list[tuple[str, str]]: ...
+    def regions(
+        self, conversations_json: str, special_tokens: Sequence[str], *, kwargs_json: str = "{}"
+    ) -> list[tuple[str, str, list[tuple[int, int, int, str | None]]]]: ...
+
+def tokenize_conversations(
+    template: ChatTemplate,
+    encoder: Encoder,
+    rows: Sequence[str],
+    *,
+    rendered: dict[int, tuple[str, list[tuple[int, tuple[int, int] | None, str | None, str | None]]]] | None = None,
     kwargs_json: str = "{}",
-) -> list[tuple[str, str]]: ...
-def chat_regions(
-    template: str,
-    conversations_json: str,
-    special_tokens: Sequence[str],
-    bos: str | None = None,
-    eos: str | None = None,
-    kwargs_json: str = "{}",
-) -> list[tuple[str, str, list[tuple[int, int, int, str | None]]]]: ...
+    train_on: str = "all",
+    ignore_index: int = -100,
+    max_length: int | None = None,
+    on_missing: str = "warn",
+    reasoning: str = "train",
+    num_threads: int | None = None,
+) -> tuple[list[list[int]], list[list[int]], Stats, list[tuple[int, str]], list[tuple[int, str]]]: ...
 
 @final
 class PackStats:

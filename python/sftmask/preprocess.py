@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sftmask import _tokenizer
+from sftmask import _chat, _tokenizer
 from sftmask._core import Encoder, Masker, MissingTemplateWarning, OptionError, OptionTypeError
 from sftmask._core import tokenize_and_mask as _tokenize_and_mask
 from sftmask._core import tokenize_and_mask_arrow as _tokenize_and_mask_arrow
@@ -179,29 +179,47 @@ def _arrow_table(capsule: Any) -> Any:
 def tokenize_and_mask(
     texts_or_messages: Sequence[str] | Sequence[Sequence[Mapping[str, Any]]] | Any,
     tokenizer: Any,
-    response_template: str | Sequence[int],
+    response_template: str | Sequence[int] | None = None,
     instruction_template: Any = None,
     *,
+    chat_template: str | None = None,
+    tools: Any = None,
     max_length: int | None = None,
     add_special_tokens: bool | None = None,
     train_on: str = "all",
+    reasoning: str = "train",
     ignore_index: int = -100,
     on_missing: str = "warn",
     num_threads: int | None = None,
     return_stats: bool = False,
     text_column: str = "text",
+    **template_kwargs: Any,
 ) -> Any:
     """Tokenizes rows and computes their labels in one pass (Rust, in parallel, without the GIL).
 
-    The labels follow the collator's rule (``DataCollatorForCompletionOnlyLM``); train with
-    ``DataCollatorForCompletionOnlyLM(tokenizer=tokenizer, labels="keep")``, which only pads.
-    Made for ``datasets.map(batched=True, num_proc=N)``: the function pickles by name and its
-    thread pool survives ``fork``.
+    **Conversations, no templates to write** (``response_template`` not given): each
+    conversation (a list of ``{"role", "content", …}`` dicts, or a ``datasets`` batch with a
+    ``messages`` column) is rendered with the tokenizer's chat template (or ``chat_template=``)
+    exactly as ``apply_chat_template(tokenize=False)`` renders it, tokenized without added special
+    tokens, and each assistant message is trained from the end of its generation prompt through its
+    end-of-turn marker (docs/masking.md#conversations). A message's ``"train": False`` leaves it out.
+
+    >>> chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    >>> out = tokenize_and_mask([chat], tokenizer)
+    >>> tokenizer.decode([t for t in out["labels"][0] if t != -100])
+    'Hello<|im_end|>'
+
+    **Texts** (``response_template`` given): the labels follow the collator's rule
+    (``DataCollatorForCompletionOnlyLM``).
 
     >>> out = tokenize_and_mask(["<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello<|im_end|>\\n"],
     ...                         tokenizer, "<|im_start|>assistant\\n")
     >>> out.keys()
     dict_keys(['input_ids', 'labels'])
+
+    Train either with ``DataCollatorForCompletionOnlyLM(tokenizer=tokenizer, labels="keep")``,
+    which only pads. Made for ``datasets.map(batched=True, num_proc=N)``: the function pickles by
+    name and its thread pool survives ``fork``.
 
     Arrow in, Arrow out: given a ``pyarrow.Table`` or ``RecordBatch`` (or any object with
     ``__arrow_c_stream__``/``__arrow_c_array__``) with a ``text`` column, it returns a
@@ -216,21 +234,33 @@ def tokenize_and_mask(
     ['id', 'input_ids', 'labels', 'length']
 
     Args:
-        texts_or_messages: a list of texts, or a list of conversations (lists of
-            ``{"role": …, "content": …}``), which are rendered with the tokenizer's chat template
-            (transformers tokenizers only); or Arrow data with a ``text_column`` of strings
-            (``string``, ``large_string`` or ``string_view``; a null text is a :class:`RowError`).
+        texts_or_messages: a list of texts, a list of conversations, a ``datasets`` batch
+            (a mapping with a ``messages`` column, and optionally a ``tools`` column); or Arrow
+            data with a ``text_column`` of strings (``string``, ``large_string`` or
+            ``string_view``; a null text is a :class:`RowError`).
         tokenizer: a transformers fast tokenizer, a ``tokenizers.Tokenizer``, or a path to
-            ``tokenizer.json`` or its folder.
-        response_template, instruction_template: as for the collator (text or token ids; a list
-            of instruction templates is allowed).
+            ``tokenizer.json`` or its folder (conversations: one with a chat template, or pass
+            ``chat_template=``).
+        response_template, instruction_template: for texts, as for the collator (text or token
+            ids; a list of instruction templates is allowed). Not given: conversations are
+            rendered with their chat template.
+        chat_template: the Jinja chat template to render conversations with (default: the
+            tokenizer's).
+        tools: the tool definitions passed to the chat template (every row).
+        reasoning: ``"train"`` (reasoning is trained with its answer) or ``"mask"``: a message with
+            ``reasoning_content``/``thinking`` is trained from where its content starts, located
+            exactly (a template that transforms the content, or the transformers fallback: a
+            ``RowError`` "not supported yet").
+        **template_kwargs: passed to the chat template (``enable_thinking=False``, ...).
         max_length: keep the first ``max_length`` tokens of each row (before masking).
         add_special_tokens: let the tokenizer add BOS etc.; default ``True`` for texts (as
             ``tokenizer(text)``) and ``False`` for messages (the chat template writes them).
-        train_on: ``"all"`` assistant turns, or only the ``"last"``.
+        train_on: ``"all"`` assistant turns, or only the ``"last"`` (a message's own ``"train"``
+            overrides both for conversations).
         ignore_index: the label of masked tokens.
-        on_missing: a row without a response template: ``"warn"`` (one warning per call),
-            ``"error"`` or ``"ignore"``.
+        on_missing: a row without a response template (conversations: a trained turn that cannot
+            be located exactly in the rendering; its labels are all ``ignore_index``):
+            ``"warn"`` (one warning per call), ``"error"`` or ``"ignore"``.
         num_threads: threads to use (default: ``RAYON_NUM_THREADS`` or all CPUs).
         return_stats: also return the call's :class:`sftmask.Stats` (rows without a template,
             truncated rows, trained tokens, …).
@@ -245,6 +275,34 @@ def tokenize_and_mask(
 
     _check_int("max_length", max_length, 1, 2**63 - 1)
     _check_int("num_threads", num_threads, 1, 4096)
+    if response_template is None:
+        if instruction_template is not None:
+            raise OptionError("instruction_template needs a response_template (texts); conversations need neither")
+        if add_special_tokens:
+            raise OptionError("add_special_tokens=True does not apply to conversations: the chat template writes them")
+        _check_int("ignore_index", ignore_index, -(2**63), 2**63 - 1)
+        out, stats = _chat.tokenize_conversations(
+            texts_or_messages,
+            tokenizer,
+            _encoder(tokenizer),
+            chat_template=chat_template,
+            tools=tools,
+            train_on=train_on,
+            reasoning=reasoning,
+            ignore_index=ignore_index,
+            max_length=max_length,
+            on_missing=on_missing,
+            num_threads=num_threads,
+            template_kwargs=template_kwargs,
+        )
+        return (out, stats) if return_stats else out
+    if chat_template is not None or tools is not None or template_kwargs or reasoning != "train":
+        raise OptionError(
+            "chat_template, tools, reasoning and template kwargs apply to conversations rendered by sftmask "
+            "(no response_template); with a response_template, render the texts yourself"
+        )
+    if _chat.is_batch(texts_or_messages):
+        texts_or_messages = list(texts_or_messages["messages"])
     if isinstance(response_template, str) and not response_template:
         raise OptionError("response_template is empty")
     arrow = _is_arrow(texts_or_messages)

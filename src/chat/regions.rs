@@ -58,6 +58,29 @@ impl ChatTemplate {
         extra: &[(String, Value)],
         special_tokens: &[&str],
     ) -> Result<(String, Vec<Region>), ChatError> {
+        self.render_with_regions_where(messages, tools, extra, special_tokens, |_, _| true)
+    }
+
+    /// [`ChatTemplate::render_with_regions`] that locates only the assistant messages `select`
+    /// keeps (given the message's index and value): a message that is not trained costs no
+    /// prefix renders and cannot make the row fail.
+    ///
+    /// ```
+    /// use sftmask::chat::{ChatTemplate, SpecialTokens, Value};
+    /// let t = ChatTemplate::new("{% for m in messages %}[{{ m.content }}]{% endfor %}", SpecialTokens::default()).unwrap();
+    /// let m: Value = serde_json::from_str(
+    ///     r#"[{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]"#).unwrap();
+    /// let (_, regions) = t.render_with_regions_where(&m, None, &[], &[], |i, _| i == 1).unwrap();
+    /// assert_eq!((regions.len(), regions[0].start, regions[0].end), (1, 3, 6));
+    /// ```
+    pub fn render_with_regions_where(
+        &self,
+        messages: &Value,
+        tools: Option<&Value>,
+        extra: &[(String, Value)],
+        special_tokens: &[&str],
+        select: impl Fn(usize, &Value) -> bool,
+    ) -> Result<(String, Vec<Region>), ChatError> {
         let full = self.render(messages, tools, extra, false)?;
         let items: Vec<Value> = messages
             .try_iter()
@@ -66,7 +89,7 @@ impl ChatTemplate {
         let mut regions = Vec::new();
         for (i, message) in items.iter().enumerate() {
             let role = message.get_attr("role").ok();
-            if role.as_ref().and_then(|r| r.as_str()) != Some("assistant") {
+            if role.as_ref().and_then(|r| r.as_str()) != Some("assistant") || !select(i, message) {
                 continue;
             }
             let not_located = |reason: String| ChatError::NotLocated { message: i, reason };

@@ -1,124 +1,51 @@
-//! Temporary test hooks for the chat renderer (`tests/test_chat_render.py`,
-//! `tests/test_chat_regions.py`): `render_chat` and `chat_regions`, until the chat API gets its
-//! own Python types.
+//! `sftmask._core.ChatTemplate` (a chat template compiled for the Rust renderer) and
+//! `tokenize_conversations`, the Rust half of `sftmask.tokenize_and_mask` on conversations.
 
-use pyo3::exceptions::PyValueError;
+use std::collections::HashMap;
+
 use pyo3::prelude::*;
 
+use super::convert::Count;
+use super::encoder::PyEncoder;
+use super::errors::{core, detach_guarded, option_err};
+use super::stats::PyStats;
 use crate::chat::{ChatError, ChatTemplate, SpecialTokens, Value};
+use crate::messages::{Conversation, ConversationOptions, Located};
 
-/// Renders each conversation of `conversations_json` (a JSON list of
-/// `{"messages": [...], "tools": [...] | null}`) with `template`, in Rust, without the GIL.
-/// Returns one `(kind, text)` per conversation: `("ok", rendered)`, `("raised", message)`,
-/// `("unsupported", reason)` or `("limit", reason)`.
+/// A Hugging Face chat template compiled for the Rust renderer (minijinja), with the special
+/// tokens it is rendered with. A template the renderer cannot compile is still an object:
+/// ``unsupported`` says why, and every render reports ``"unsupported"`` (the caller falls back
+/// to transformers).
 ///
-/// >>> render_chat("{{ messages[0].content }}", '[{"messages": [{"content": "hi"}]}]')
-/// [('ok', 'hi')]
-#[pyfunction]
-#[pyo3(signature = (template, conversations_json, bos = None, eos = None, add_generation_prompt = false, kwargs_json = "{}"))]
-pub(crate) fn render_chat(
-    py: Python<'_>,
-    template: &str,
-    conversations_json: &str,
-    bos: Option<String>,
-    eos: Option<String>,
-    add_generation_prompt: bool,
-    kwargs_json: &str,
-) -> PyResult<Vec<(String, String)>> {
-    // Parsed into minijinja values directly: they keep the keys' order, as Python dicts do.
-    let conversations: Vec<Value> = serde_json::from_str(conversations_json)
-        .map_err(|e| PyValueError::new_err(format!("conversations_json: {e}")))?;
-    let kwargs: json_object::Pairs =
-        serde_json::from_str(kwargs_json).map_err(|e| PyValueError::new_err(format!("kwargs_json: {e}")))?;
-    let special = SpecialTokens {
-        bos,
-        eos,
-        ..SpecialTokens::default()
-    };
-    let out = py.detach(|| {
-        let compiled = ChatTemplate::new(template, special);
-        conversations
-            .iter()
-            .map(|conv| {
-                let result = compiled.as_ref().map_err(Clone::clone).and_then(|t| {
-                    let messages = conv.get_attr("messages").unwrap_or_default();
-                    let tools = conv
-                        .get_attr("tools")
-                        .ok()
-                        .filter(|v| !v.is_undefined() && !v.is_none());
-                    t.render(&messages, tools.as_ref(), &kwargs.0, add_generation_prompt)
-                });
-                match result {
-                    Ok(text) => ("ok".to_owned(), text),
-                    Err(ChatError::Raised(m)) => ("raised".to_owned(), m),
-                    Err(e) => (kind(&e).to_owned(), e.to_string()),
-                }
-            })
-            .collect()
-    });
-    Ok(out)
+/// >>> t = ChatTemplate("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}")
+/// >>> t.render('[{"messages": [{"role": "user", "content": "hi"}]}]')
+/// [('ok', '<user>hi')]
+/// >>> ChatTemplate("{% for %}").unsupported is not None
+/// True
+#[pyclass(name = "ChatTemplate", module = "sftmask._core", frozen)]
+pub struct PyChatTemplate {
+    inner: Result<ChatTemplate, String>,
 }
 
-/// One conversation's result in `chat_regions`: `(kind, text, regions)`, regions as
+/// One conversation's result in `ChatTemplate.regions`: `(kind, text, regions)`, regions as
 /// `(message, start, end, marker)` byte offsets into the UTF-8 text.
-type Located = (String, String, Vec<(usize, usize, usize, Option<String>)>);
+type LocatedRow = (String, String, Vec<(usize, usize, usize, Option<String>)>);
 
-/// Renders each conversation like `render_chat` (without a generation prompt) and locates its
-/// assistant messages (`ChatTemplate::render_with_regions`). `kind` is `ok` or an error kind
-/// (`raised`, `unsupported`, `limit`, `not_located`), then `text` is the message.
-///
-/// >>> chat_regions("{% for m in messages %}{{ m.content }}|{% endfor %}", '[{"messages": []}]', [])
-/// [('ok', '', [])]
-#[pyfunction]
-#[pyo3(signature = (template, conversations_json, special_tokens, bos = None, eos = None, kwargs_json = "{}"))]
-pub(crate) fn chat_regions(
-    py: Python<'_>,
-    template: &str,
-    conversations_json: &str,
-    special_tokens: Vec<String>,
-    bos: Option<String>,
-    eos: Option<String>,
-    kwargs_json: &str,
-) -> PyResult<Vec<Located>> {
-    let conversations: Vec<Value> = serde_json::from_str(conversations_json)
-        .map_err(|e| PyValueError::new_err(format!("conversations_json: {e}")))?;
-    let kwargs: json_object::Pairs =
-        serde_json::from_str(kwargs_json).map_err(|e| PyValueError::new_err(format!("kwargs_json: {e}")))?;
-    let special = SpecialTokens {
-        bos,
-        eos,
-        ..SpecialTokens::default()
-    };
-    let tokens: Vec<&str> = special_tokens.iter().map(String::as_str).collect();
-    let out = py.detach(|| {
-        let compiled = ChatTemplate::new(template, special);
-        conversations
-            .iter()
-            .map(|conv| {
-                let result = compiled.as_ref().map_err(Clone::clone).and_then(|t| {
-                    let messages = conv.get_attr("messages").unwrap_or_default();
-                    let tools = conv
-                        .get_attr("tools")
-                        .ok()
-                        .filter(|v| !v.is_undefined() && !v.is_none());
-                    t.render_with_regions(&messages, tools.as_ref(), &kwargs.0, &tokens)
-                });
-                match result {
-                    Ok((text, regions)) => (
-                        "ok".to_owned(),
-                        text,
-                        regions
-                            .into_iter()
-                            .map(|r| (r.message, r.start, r.end, r.marker))
-                            .collect(),
-                    ),
-                    Err(e) => (kind(&e).to_owned(), e.to_string(), Vec::new()),
-                }
-            })
-            .collect()
-    });
-    Ok(out)
-}
+/// A `rendered` entry from Python: the text and, per assistant message, `(message, (start, end)
+/// | None, marker, reason)` (bytes; `None` with the reason when it cannot be located).
+type RenderedRow = (
+    String,
+    Vec<(usize, Option<(usize, usize)>, Option<String>, Option<String>)>,
+);
+
+/// What `tokenize_conversations` returns: `(input_ids, labels, stats, fallback, not_located)`.
+type Tokenized = (
+    Vec<Vec<u32>>,
+    Vec<Vec<i64>>,
+    PyStats,
+    Vec<(usize, String)>,
+    Vec<(usize, String)>,
+);
 
 fn kind(e: &ChatError) -> &'static str {
     match e {
@@ -129,23 +56,234 @@ fn kind(e: &ChatError) -> &'static str {
     }
 }
 
-mod json_object {
-    //! A JSON object read as its (key, value) pairs, in order.
-    use crate::chat::Value;
+/// `{"messages": [...], "tools": [...] | null}` -> (messages, tools); parsed into minijinja
+/// values directly, which keep the keys' order as Python dicts do.
+fn conversation(v: &Value) -> (Value, Option<Value>) {
+    let messages = v.get_attr("messages").unwrap_or_default();
+    let tools = v.get_attr("tools").ok().filter(|t| !t.is_undefined() && !t.is_none());
+    (messages, tools)
+}
 
-    pub(crate) struct Pairs(pub Vec<(String, Value)>);
+fn parse_list(json: &str, what: &str) -> PyResult<Vec<Value>> {
+    serde_json::from_str(json).map_err(|e| option_err(format!("{what}: {e}")))
+}
 
-    impl<'de> serde::Deserialize<'de> for Pairs {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let v = Value::deserialize(d)?;
-            let mut pairs = Vec::new();
-            if let Ok(keys) = v.try_iter() {
-                for k in keys {
-                    let value = v.get_item(&k).unwrap_or_default();
-                    pairs.push((k.as_str().unwrap_or_default().to_owned(), value));
-                }
-            }
-            Ok(Pairs(pairs))
-        }
+/// A JSON object as its (key, value) pairs, in order (the template kwargs).
+fn parse_kwargs(json: &str) -> PyResult<Vec<(String, Value)>> {
+    let v: Value = serde_json::from_str(json).map_err(|e| option_err(format!("kwargs_json: {e}")))?;
+    let keys = v
+        .try_iter()
+        .map_err(|_| option_err("kwargs_json must be a JSON object"))?;
+    Ok(keys
+        .map(|k| {
+            let value = v.get_item(&k).unwrap_or_default();
+            (k.as_str().unwrap_or_default().to_owned(), value)
+        })
+        .collect())
+}
+
+impl PyChatTemplate {
+    fn compiled(&self) -> Result<&ChatTemplate, ChatError> {
+        self.inner.as_ref().map_err(|e| ChatError::Unsupported(e.clone()))
     }
+}
+
+#[pymethods]
+impl PyChatTemplate {
+    #[new]
+    #[pyo3(signature = (source, *, bos_token = None, eos_token = None, unk_token = None, pad_token = None))]
+    fn new(
+        py: Python<'_>,
+        source: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+        unk_token: Option<String>,
+        pad_token: Option<String>,
+    ) -> PyResult<Self> {
+        let special = SpecialTokens {
+            bos: bos_token,
+            eos: eos_token,
+            unk: unk_token,
+            pad: pad_token,
+        };
+        let inner = detach_guarded(py, || ChatTemplate::new(source, special))?.map_err(|e| match e {
+            ChatError::Unsupported(reason) => reason,
+            other => other.to_string(),
+        });
+        Ok(PyChatTemplate { inner })
+    }
+
+    /// Why the Rust renderer cannot compile this template (``None`` when it can).
+    #[getter]
+    fn unsupported(&self) -> Option<String> {
+        self.inner.as_ref().err().cloned()
+    }
+
+    /// Renders each conversation of ``conversations_json`` (a JSON list of ``{"messages": [...],
+    /// "tools": [...] | null}``) without the GIL. One ``(kind, text)`` per conversation:
+    /// ``("ok", rendered)``, ``("raised", message)``, ``("unsupported", reason)`` or
+    /// ``("limit", reason)``.
+    #[pyo3(signature = (conversations_json, *, add_generation_prompt = false, kwargs_json = "{}"))]
+    fn render(
+        &self,
+        py: Python<'_>,
+        conversations_json: &str,
+        add_generation_prompt: bool,
+        kwargs_json: &str,
+    ) -> PyResult<Vec<(String, String)>> {
+        let conversations = parse_list(conversations_json, "conversations_json")?;
+        let kwargs = parse_kwargs(kwargs_json)?;
+        detach_guarded(py, || {
+            conversations
+                .iter()
+                .map(|conv| {
+                    let (messages, tools) = conversation(conv);
+                    let result = self
+                        .compiled()
+                        .and_then(|t| t.render(&messages, tools.as_ref(), &kwargs, add_generation_prompt));
+                    match result {
+                        Ok(text) => ("ok".to_owned(), text),
+                        Err(ChatError::Raised(m)) => ("raised".to_owned(), m),
+                        Err(e) => (kind(&e).to_owned(), e.to_string()),
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// Renders each conversation like ``render`` (without a generation prompt) and locates its
+    /// assistant messages. ``kind`` is ``ok`` or an error kind (``raised``, ``unsupported``,
+    /// ``limit``, ``not_located``), then ``text`` is the message. ``special_tokens`` tell which
+    /// end of turn is a marker.
+    #[pyo3(signature = (conversations_json, special_tokens, *, kwargs_json = "{}"))]
+    fn regions(
+        &self,
+        py: Python<'_>,
+        conversations_json: &str,
+        special_tokens: Vec<String>,
+        kwargs_json: &str,
+    ) -> PyResult<Vec<LocatedRow>> {
+        let conversations = parse_list(conversations_json, "conversations_json")?;
+        let kwargs = parse_kwargs(kwargs_json)?;
+        let tokens: Vec<&str> = special_tokens.iter().map(String::as_str).collect();
+        detach_guarded(py, || {
+            conversations
+                .iter()
+                .map(|conv| {
+                    let (messages, tools) = conversation(conv);
+                    let result = self
+                        .compiled()
+                        .and_then(|t| t.render_with_regions(&messages, tools.as_ref(), &kwargs, &tokens));
+                    match result {
+                        Ok((text, regions)) => (
+                            "ok".to_owned(),
+                            text,
+                            regions
+                                .into_iter()
+                                .map(|r| (r.message, r.start, r.end, r.marker))
+                                .collect(),
+                        ),
+                        Err(e) => (kind(&e).to_owned(), e.to_string(), Vec::new()),
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+/// Renders (with ``template``), tokenizes (with ``encoder``, no special tokens added) and labels
+/// each conversation of ``rows`` (JSON texts of ``{"messages": [...], "tools": ...}``), in
+/// parallel and without the GIL. ``rendered`` maps a row to a text and regions rendered elsewhere
+/// (the fallback). Returns ``(input_ids, labels, stats, fallback, not_located)``: ``fallback``
+/// lists ``(row, reason)`` for rows the Rust renderer cannot render (their ids are empty).
+///
+/// >>> t = ChatTemplate("{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}")
+/// >>> ids, labels, stats, fallback, bad = tokenize_conversations(
+/// ...     t, enc, ['{"messages": [{"role": "assistant", "content": "Hi"}]}'])
+/// >>> stats.trained_tokens == len(ids[0]), fallback, bad
+/// (True, [], [])
+#[pyfunction]
+#[pyo3(signature = (template, encoder, rows, *, rendered = None, kwargs_json = "{}", train_on = "all",
+                    ignore_index = -100, max_length = None, on_missing = "warn", reasoning = "train", num_threads = None),
+       text_signature = "(template, encoder, rows, *, rendered=None, kwargs_json='{}', train_on='all', ignore_index=-100, max_length=None, on_missing='warn', reasoning='train', num_threads=None)")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tokenize_conversations(
+    py: Python<'_>,
+    template: &PyChatTemplate,
+    encoder: &PyEncoder,
+    rows: Vec<String>,
+    rendered: Option<HashMap<usize, RenderedRow>>,
+    kwargs_json: &str,
+    train_on: &str,
+    ignore_index: i64,
+    max_length: Option<Count>,
+    on_missing: &str,
+    reasoning: &str,
+    num_threads: Option<Count>,
+) -> PyResult<Tokenized> {
+    let train_reasoning = match reasoning {
+        "train" => true,
+        "mask" => false,
+        other => {
+            return Err(option_err(format!(
+                "reasoning must be 'train' or 'mask', got {other:?}"
+            )))
+        }
+    };
+    let options = ConversationOptions {
+        train_on: core(train_on.parse())?,
+        ignore_index,
+        max_length: max_length.map(|c| c.0),
+        on_missing: core(on_missing.parse())?,
+        train_reasoning,
+    };
+    let kwargs = parse_kwargs(kwargs_json)?;
+    let threads = num_threads.map_or_else(crate::pool::default_threads, |c| c.0.min(4096));
+    let mut rendered = rendered.unwrap_or_default();
+    let tokenizer = &*encoder.inner;
+    let out = detach_guarded(py, move || {
+        let parsed = crate::pool::map_rows(
+            rows,
+            threads,
+            true,
+            || (),
+            |(), (r, json): (usize, String)| {
+                let v: Value = serde_json::from_str(&json).map_err(|e| crate::Error::Row {
+                    row: r,
+                    reason: format!("not a JSON conversation: {e}"),
+                })?;
+                let (messages, tools) = conversation(&v);
+                Ok(Conversation {
+                    messages,
+                    tools,
+                    rendered: None,
+                })
+            },
+        );
+        let mut convs = parsed.into_iter().collect::<crate::Result<Vec<Conversation>>>()?;
+        for (r, conv) in convs.iter_mut().enumerate() {
+            if let Some((text, located)) = rendered.remove(&r) {
+                let located = located
+                    .into_iter()
+                    .map(|(message, span, marker, reason)| Located {
+                        message,
+                        span: span
+                            .map(|(s, e)| (s, e, marker))
+                            .ok_or_else(|| reason.unwrap_or_else(|| "not located".into())),
+                    })
+                    .collect();
+                conv.rendered = Some((text, located));
+            }
+        }
+        let template = template.inner.as_ref();
+        crate::messages::tokenize_conversations(template, tokenizer, &convs, &kwargs, options, threads)
+    })?;
+    let out = core(out)?;
+    Ok((
+        out.input_ids,
+        out.labels,
+        out.stats.into(),
+        out.fallback,
+        out.not_located,
+    ))
 }

@@ -50,6 +50,15 @@ pub struct PyStats {
     /// Rows of this call without the instruction template (compat="trl").
     #[pyo3(get)]
     missing_instruction_rows: Vec<usize>,
+    /// Conversations whose trained turns cannot be located exactly (labels all ignore_index).
+    #[pyo3(get)]
+    rows_not_located: u64,
+    /// Trained turns whose region does not end in a special token (an untrained stop token).
+    #[pyo3(get)]
+    turns_without_end_marker: u64,
+    /// Rows of this call counted in rows_not_located.
+    #[pyo3(get)]
+    not_located_rows: Vec<usize>,
 }
 
 impl From<Stats> for PyStats {
@@ -65,11 +74,14 @@ impl From<Stats> for PyStats {
             rows_truncated: s.rows_truncated,
             missing_rows: s.missing_rows,
             missing_instruction_rows: s.missing_instruction_rows,
+            rows_not_located: s.rows_not_located,
+            turns_without_end_marker: s.turns_without_end_marker,
+            not_located_rows: s.not_located_rows,
         }
     }
 }
 
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 13] = [
     "rows",
     "tokens",
     "trained_tokens",
@@ -80,6 +92,9 @@ const FIELDS: [&str; 10] = [
     "rows_truncated",
     "missing_rows",
     "missing_instruction_rows",
+    "rows_not_located",
+    "turns_without_end_marker",
+    "not_located_rows",
 ];
 
 #[pymethods]
@@ -87,7 +102,8 @@ impl PyStats {
     #[new]
     #[pyo3(signature = (*, rows = 0, tokens = 0, trained_tokens = 0, straddling_tokens = 0, rows_without_template = 0,
                         rows_without_instruction_template = 0, rows_without_trained_tokens = 0, rows_truncated = 0,
-                        missing_rows = Vec::new(), missing_instruction_rows = Vec::new()))]
+                        missing_rows = Vec::new(), missing_instruction_rows = Vec::new(), rows_not_located = 0,
+                        turns_without_end_marker = 0, not_located_rows = Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         rows: u64,
@@ -100,6 +116,9 @@ impl PyStats {
         rows_truncated: u64,
         missing_rows: Vec<usize>,
         missing_instruction_rows: Vec<usize>,
+        rows_not_located: u64,
+        turns_without_end_marker: u64,
+        not_located_rows: Vec<usize>,
     ) -> Self {
         PyStats {
             rows,
@@ -112,6 +131,9 @@ impl PyStats {
             rows_truncated,
             missing_rows,
             missing_instruction_rows,
+            rows_not_located,
+            turns_without_end_marker,
+            not_located_rows,
         }
     }
 
