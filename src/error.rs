@@ -170,27 +170,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// assert_eq!(sftmask::error::py_repr("it's"), r#""it's""#);
 /// ```
 pub fn py_repr(text: &str) -> String {
-    let quote = if text.contains('\'') && !text.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
+    // One implementation of Python's string repr: the chat renderer's, which templates print.
     let mut out = String::with_capacity(text.len() + 2);
-    out.push(quote);
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push(quote);
+    crate::chat::pystr::repr_string(text, &mut out);
     out
 }

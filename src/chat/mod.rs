@@ -22,7 +22,7 @@
 //! assert_eq!(text, "<|user|>hi</s>\n<|assistant|>");
 //! ```
 
-mod pystr;
+pub(crate) mod pystr;
 mod regions;
 mod render;
 

@@ -141,7 +141,8 @@ fn py_unprintable(c: char) -> bool {
         | 0x205f..=0x2064 | 0x3000 | 0xfeff | 0xd800..=0xdfff)
 }
 
-fn repr_string(s: &str, out: &mut String) {
+/// Python's `repr` of a string (quotes chosen as Python does, unprintables escaped).
+pub(crate) fn repr_string(s: &str, out: &mut String) {
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
     } else {
