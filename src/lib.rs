@@ -45,6 +45,9 @@ pub mod text;
 pub mod trl;
 pub mod vocab;
 
+#[cfg(test)]
+mod test_support;
+
 #[cfg(feature = "python")]
 mod python;
 

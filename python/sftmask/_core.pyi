@@ -34,6 +34,7 @@ __all__ = [
     "tokenize_and_mask",
     "tokenize_and_mask_arrow",
     "tokenize_conversations",
+    "tokenize_conversations_arrow",
 ]
 
 __version__: Final[str]
@@ -225,6 +226,22 @@ def tokenize_conversations(
     reasoning: str = "train",
     num_threads: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]], Stats, list[tuple[int, str]], list[tuple[int, str]]]: ...
+def tokenize_conversations_arrow(
+    data: object,
+    template: ChatTemplate,
+    encoder: Encoder,
+    *,
+    column: str = "messages",
+    tools_column: str | None = None,
+    tools_json: str | None = None,
+    kwargs_json: str = "{}",
+    train_on: str = "all",
+    ignore_index: int = -100,
+    max_length: int | None = None,
+    on_missing: str = "warn",
+    reasoning: str = "train",
+    num_threads: int | None = None,
+) -> tuple[Any | None, Stats | None, list[tuple[int, str]], list[tuple[int, str]]]: ...
 
 @final
 class PackStats:

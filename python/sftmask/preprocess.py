@@ -193,6 +193,7 @@ def tokenize_and_mask(
     num_threads: int | None = None,
     return_stats: bool = False,
     text_column: str = "text",
+    messages_column: str = "messages",
     **template_kwargs: Any,
 ) -> Any:
     """Tokenizes rows and computes their labels in one pass (Rust, in parallel, without the GIL).
@@ -222,8 +223,9 @@ def tokenize_and_mask(
     name and its thread pool survives ``fork``.
 
     Arrow in, Arrow out: given a ``pyarrow.Table`` or ``RecordBatch`` (or any object with
-    ``__arrow_c_stream__``/``__arrow_c_array__``) with a ``text`` column, it returns a
-    ``pyarrow.Table``: the other columns unchanged, then ``input_ids`` and ``labels``
+    ``__arrow_c_stream__``/``__arrow_c_array__``) with a ``text`` column (texts) or a ``messages``
+    column (conversations), it returns a ``pyarrow.Table``: the other columns unchanged, then
+    ``input_ids`` and ``labels``
     (``list<int32>``) and ``length`` (``int32``), rows as the list API makes them. Built in
     Rust straight into Arrow buffers, for ``datasets`` (``ds.with_format("arrow")``), Ray Data
     (``batch_format="pyarrow"``) and Spark's ``mapInArrow``.
@@ -232,6 +234,9 @@ def tokenize_and_mask(
     >>> tokenize_and_mask(pa.table({"id": [7], "text": ["<|im_start|>assistant\\nHi<|im_end|>"]}),
     ...                   tokenizer, "<|im_start|>assistant\\n").column_names
     ['id', 'input_ids', 'labels', 'length']
+    >>> table = tokenize_and_mask(pa.table({"id": [7], "messages": [chat]}), tokenizer)
+    >>> table.column("labels").to_pylist() == tokenize_and_mask([chat], tokenizer)["labels"]
+    True
 
     Args:
         texts_or_messages: a list of texts, a list of conversations, a ``datasets`` batch
@@ -266,6 +271,9 @@ def tokenize_and_mask(
             truncated rows, trained tokens, …).
         text_column: Arrow input only: the column of texts (dropped from the output; the table
             must not already have ``input_ids``, ``labels`` or ``length`` columns).
+        messages_column: Arrow conversations only: the column of conversations
+            (``list<struct<role, content, …>>``; dropped from the output). A ``tools`` column,
+            if there is one and ``tools=`` is not given, gives each row its tools (and stays).
 
     Returns:
         ``{"input_ids": [[…], …], "labels": [[…], …]}``, one entry per row (a ``pyarrow.Table``
@@ -294,6 +302,7 @@ def tokenize_and_mask(
             on_missing=on_missing,
             num_threads=num_threads,
             template_kwargs=template_kwargs,
+            messages_column=messages_column,
         )
         return (out, stats) if return_stats else out
     if chat_template is not None or tools is not None or template_kwargs or reasoning != "train":
