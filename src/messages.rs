@@ -399,6 +399,9 @@ pub fn tokenize_conversations(
                 }
                 out.stats.add_row(r, &stats, false);
                 out.stats.turns_without_end_marker += unmarked;
+                if unmarked > 0 {
+                    out.stats.turns_without_end_marker_rows.push(r);
+                }
                 out.input_ids.push(ids);
                 out.labels.push(labels);
             }
