@@ -21,11 +21,24 @@ pub struct PyEncoder {
 
 #[pymethods]
 impl PyEncoder {
-    /// Loads a tokenizer from the text of a tokenizer.json.
+    /// Loads a tokenizer from the text of a tokenizer.json. Its truncation and padding settings
+    /// are dropped: they are the state of the last call a transformers tokenizer made (a
+    /// ``tok(..., truncation=True, max_length=5)`` leaves one behind in ``to_str()``), not part
+    /// of the tokenizer; preprocessing truncates by its own ``max_length`` only.
+    ///
+    /// >>> import json
+    /// >>> spec = json.loads(open(tokenizer_json, encoding="utf-8").read())
+    /// >>> spec["truncation"] = {"direction": "Right", "max_length": 1, "strategy": "LongestFirst", "stride": 0}
+    /// >>> len(Encoder.from_json(json.dumps(spec)).encode_batch(["a b c"], add_special_tokens=False)[0]) > 1
+    /// True
     #[staticmethod]
     fn from_json(py: Python<'_>, json: &str) -> PyResult<Self> {
-        let inner = detach_guarded(py, || json.parse::<tokenizers::Tokenizer>())?
+        let mut inner = detach_guarded(py, || json.parse::<tokenizers::Tokenizer>())?
             .map_err(|e| tokenizer_err(format!("could not load tokenizer.json: {e}")))?;
+        inner
+            .with_truncation(None)
+            .map_err(|e| tokenizer_err(format!("could not load tokenizer.json: {e}")))?;
+        inner.with_padding(None);
         Ok(PyEncoder { inner: Box::new(inner) })
     }
 
