@@ -8,7 +8,7 @@
 //! are the response) -> [`labels`] (the overlap rule) -> [`batch`] (pad or flatten into the
 //! output buffers), driven row by row by [`masker`] on a fork-safe pool ([`pool`]). [`trl`] holds
 //! TRL 0.19.1's token-level rule for `compat="trl"`. [`encode`] tokenizes and masks in one pass
-//! (the preprocessing API); `arrow` (cargo feature `arrow`) does the same over Arrow record
+//! (the preprocessing API) with a tokenizer built by [`load`]; `arrow` (cargo feature `arrow`) does the same over Arrow record
 //! batches; [`pack`] packs masked rows into bins (best-fit decreasing); [`messages`] renders
 //! conversations with their chat template ([`chat`]) and labels the assistant turns.
 //! The optional `python` feature adds the PyO3 binding (`src/python/`, one file per Python
@@ -33,6 +33,7 @@ pub mod chat;
 pub mod encode;
 pub mod error;
 pub mod labels;
+pub mod load;
 pub mod masker;
 pub mod messages;
 pub mod options;

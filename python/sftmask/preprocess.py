@@ -62,7 +62,7 @@ def _encoder(tokenizer: Any) -> Encoder:
             hit = next(((s, e) for o, s, e in _encoders_strong if o is owner or o == owner), None)
     if hit is not None and hit[0] == size:
         return hit[1]
-    encoder = Encoder.from_json(_tokenizer_json(tokenizer))
+    encoder = _tokenizer.encoder_from_file(tokenizer) or Encoder.from_json(_tokenizer_json(tokenizer))
     with _lock:
         try:
             _encoders[owner] = (size, encoder)

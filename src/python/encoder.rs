@@ -4,10 +4,13 @@
 use pyo3::prelude::*;
 
 use super::convert::Count;
-use super::errors::{core, detach_guarded, row_err, tokenizer_err};
+use super::errors::{core, detach_guarded, row_err};
 use super::masker::PyMasker;
 use super::stats::PyStats;
 use crate::encode::EncodeOptions;
+
+/// What `Encoder.from_parts` returns: the encoder and the file's model type, size and sample.
+type FromParts = (PyEncoder, Option<String>, Option<usize>, Vec<(u32, String)>);
 
 /// A tokenizer run in Rust, so that the demo and the preprocessing API need no Python tokenizer.
 ///
@@ -21,10 +24,8 @@ pub struct PyEncoder {
 
 #[pymethods]
 impl PyEncoder {
-    /// Loads a tokenizer from the text of a tokenizer.json. Its truncation and padding settings
-    /// are dropped: they are the state of the last call a transformers tokenizer made (a
-    /// ``tok(..., truncation=True, max_length=5)`` leaves one behind in ``to_str()``), not part
-    /// of the tokenizer; preprocessing truncates by its own ``max_length`` only.
+    /// Loads a tokenizer from the text of a tokenizer.json, without the truncation and padding
+    /// state a transformers tokenizer's last call leaves in it (``sftmask::load::from_json``).
     ///
     /// >>> import json
     /// >>> spec = json.loads(open(tokenizer_json, encoding="utf-8").read())
@@ -33,13 +34,32 @@ impl PyEncoder {
     /// True
     #[staticmethod]
     fn from_json(py: Python<'_>, json: &str) -> PyResult<Self> {
-        let mut inner = detach_guarded(py, || json.parse::<tokenizers::Tokenizer>())?
-            .map_err(|e| tokenizer_err(format!("could not load tokenizer.json: {e}")))?;
-        inner
-            .with_truncation(None)
-            .map_err(|e| tokenizer_err(format!("could not load tokenizer.json: {e}")))?;
-        inner.with_padding(None);
+        let inner = core(detach_guarded(py, || crate::load::from_json(json))?)?;
         Ok(PyEncoder { inner: Box::new(inner) })
+    }
+
+    /// Loads the BPE tokenizer of the file ``tokenizer_file`` with the components ``parts``
+    /// reports for a loaded tokenizer (``sftmask::load::from_parts``), sparing its
+    /// ``to_str()``. Returns ``(encoder, kind, len, sample)``: the caller checks the loaded
+    /// model's type, size and the token at each sampled id before using the encoder.
+    ///
+    /// >>> enc, kind, n, sample = Encoder.from_parts(live_parts, tokenizer_json)
+    /// >>> kind, n == backend.get_vocab_size(with_added_tokens=False)
+    /// ('BPE', True)
+    #[staticmethod]
+    fn from_parts(py: Python<'_>, parts: &str, tokenizer_file: std::path::PathBuf) -> PyResult<FromParts> {
+        let built = detach_guarded(py, || {
+            let text = std::fs::read_to_string(&tokenizer_file)
+                .map_err(|e| crate::Error::TokenizerJson(format!("cannot read {}: {e}", tokenizer_file.display())))?;
+            crate::load::from_parts(parts, &text)
+        })?;
+        let (inner, check) = core(built)?;
+        Ok((
+            PyEncoder { inner: Box::new(inner) },
+            check.kind,
+            check.len,
+            check.sample,
+        ))
     }
 
     /// Token ids of each text, in parallel and without the GIL.
