@@ -199,7 +199,11 @@ fn content_span(
 }
 
 fn is_assistant(message: &Value) -> bool {
-    message.get_attr("role").ok().and_then(|r| r.as_str().map(|r| r == "assistant")) == Some(true)
+    message
+        .get_attr("role")
+        .ok()
+        .and_then(|r| r.as_str().map(|r| r == "assistant"))
+        == Some(true)
 }
 
 fn has_reasoning(message: &Value) -> bool {
