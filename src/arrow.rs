@@ -125,6 +125,18 @@ fn text_index(input: &Schema, column: &str) -> Result<usize> {
     Ok(i)
 }
 
+/// A batch must have its stream's columns (a C-interface producer may send anything).
+fn check_batch(batch: &RecordBatch, schema: &Schema) -> Result<()> {
+    if batch.num_columns() != schema.fields().len() {
+        return Err(Error::Arrow(format!(
+            "a batch has {} columns, its schema {}",
+            batch.num_columns(),
+            schema.fields().len()
+        )));
+    }
+    Ok(())
+}
+
 /// Appends the texts of `array` (rows `first_row..` of the input) to `out`.
 fn push_texts<'a>(array: &'a ArrayRef, column: &str, first_row: usize, out: &mut Vec<&'a str>) -> Result<()> {
     if let Some(nulls) = array.logical_nulls().filter(|n| n.null_count() > 0) {
@@ -251,13 +263,7 @@ pub fn tokenize_and_mask_batches(
     }
     let mut texts = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
     for batch in batches {
-        if batch.num_columns() != schema.fields().len() {
-            return Err(Error::Arrow(format!(
-                "a batch has {} columns, its schema {}",
-                batch.num_columns(),
-                schema.fields().len()
-            )));
-        }
+        check_batch(batch, schema)?;
         push_texts(batch.column(text), column, texts.len(), &mut texts)?;
     }
 

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sftmask import _arrow
 from sftmask._core import ChatTemplate, MissingTemplateWarning, OptionError, OptionTypeError
 from sftmask._core import tokenize_conversations as _tokenize_conversations
 from sftmask._core import tokenize_conversations_arrow as _tokenize_conversations_arrow
@@ -161,7 +162,7 @@ def tokenize_conversations(
         raise OptionError("add_generation_prompt is never used when training: the conversation is rendered whole")
     if on_missing not in ("warn", "error", "ignore"):
         raise OptionError(f"on_missing must be 'warn', 'error' or 'ignore', got {on_missing!r}")
-    if _is_arrow(rows):
+    if _arrow.is_arrow(rows):
         return _tokenize_arrow(
             rows,
             tokenizer,
@@ -237,20 +238,6 @@ def _warn_not_located(not_located: list[tuple[int, str]], rows: int, name: str, 
         )
 
 
-def _is_arrow(data: Any) -> bool:
-    return hasattr(data, "__arrow_c_stream__") or hasattr(data, "__arrow_c_array__")
-
-
-class _Stream:
-    """Hands an ``arrow_array_stream`` capsule to ``pyarrow.table``."""
-
-    def __init__(self, capsule: Any) -> None:
-        self._capsule = capsule
-
-    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
-        return self._capsule
-
-
 def _tokenize_arrow(
     data: Any,
     tokenizer: Any,
@@ -292,7 +279,7 @@ def _tokenize_arrow(
     if capsule is not None:
         if options["on_missing"] == "warn":
             _warn_not_located(not_located, table.num_rows, name, options["ignore_index"])
-        return pa.table(_Stream(capsule)), stats
+        return _arrow.table(capsule), stats
     # The fallback: the list path renders with transformers (and warns); same rows, same columns.
     rows = {"messages": table.column(messages_column).to_pylist()}
     if tools_column:

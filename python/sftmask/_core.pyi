@@ -173,6 +173,10 @@ class Masker:
 class Encoder:
     @staticmethod
     def from_json(json: str) -> Encoder: ...
+    @staticmethod
+    def from_parts(
+        parts: str, tokenizer_file: str | os.PathLike[str]
+    ) -> tuple[Encoder, str | None, int | None, list[tuple[int, str]]]: ...
     def encode_batch(
         self, texts: Sequence[str], *, add_special_tokens: bool = True, num_threads: int | None = None
     ) -> list[list[int]]: ...

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sftmask import _chat, _tokenizer
+from sftmask import _arrow, _chat, _tokenizer
 from sftmask._core import Encoder, Masker, MissingTemplateWarning, OptionError, OptionTypeError
 from sftmask._core import tokenize_and_mask as _tokenize_and_mask
 from sftmask._core import tokenize_and_mask_arrow as _tokenize_and_mask_arrow
@@ -151,29 +151,6 @@ def _texts(rows: Any, tokenizer: Any) -> tuple[list[str], bool]:
         f"got {type(rows[bad]).__name__}; all rows must be of one kind",
         type_error=True,
     )
-
-
-def _is_arrow(data: Any) -> bool:
-    """Arrow data by the PyCapsule interface: pyarrow, polars, DuckDB, nanoarrow… tables."""
-    return hasattr(data, "__arrow_c_stream__") or hasattr(data, "__arrow_c_array__")
-
-
-class _ArrowStream:
-    """Hands the core's output stream (an ``arrow_array_stream`` capsule) to ``pyarrow.table``."""
-
-    def __init__(self, capsule: Any) -> None:
-        self._capsule = capsule
-
-    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
-        return self._capsule
-
-
-def _arrow_table(capsule: Any) -> Any:
-    try:
-        import pyarrow as pa
-    except ImportError:  # pragma: no cover - Arrow input without pyarrow: polars, DuckDB
-        raise OptionTypeError("Arrow output is a pyarrow.Table: install pyarrow (pip install pyarrow)") from None
-    return pa.table(_ArrowStream(capsule))
 
 
 def tokenize_and_mask(
@@ -314,7 +291,7 @@ def tokenize_and_mask(
         texts_or_messages = list(texts_or_messages["messages"])
     if isinstance(response_template, str) and not response_template:
         raise OptionError("response_template is empty")
-    arrow = _is_arrow(texts_or_messages)
+    arrow = _arrow.is_arrow(texts_or_messages)
     if arrow:
         if not isinstance(text_column, str):
             raise OptionTypeError(f"text_column must be a str, got {type(text_column).__name__}")
@@ -343,7 +320,7 @@ def tokenize_and_mask(
             add_special_tokens=add_special_tokens,
             max_length=max_length,
         )
-        out = _arrow_table(capsule)
+        out = _arrow.table(capsule)
     else:
         input_ids, labels, stats = _tokenize_and_mask(
             texts, _encoder(tokenizer), masker, add_special_tokens=add_special_tokens, max_length=max_length

@@ -17,7 +17,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Schema};
 use tokenizers::Tokenizer;
 
-use super::{column_index, output_batches, output_schema_without, ArrowEncoded};
+use super::{check_batch, column_index, output_batches, output_schema_without, ArrowEncoded};
 use crate::chat::{ChatTemplate, Value};
 use crate::error::{py_repr, Error, Result};
 use crate::messages::{tokenize_conversations, Conversation, ConversationOptions};
@@ -153,13 +153,7 @@ fn conversations(
     let name = schema.field(column).name();
     let mut out = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
     for batch in batches {
-        if batch.num_columns() != schema.fields().len() {
-            return Err(Error::Arrow(format!(
-                "a batch has {} columns, its schema {}",
-                batch.num_columns(),
-                schema.fields().len()
-            )));
-        }
+        check_batch(batch, schema)?;
         // Offsets, UTF-8 and child lengths are checked once, so reading a value cannot go out
         // of bounds whatever the producer on the other side of the C interface wrote.
         for i in std::iter::once(column).chain(tools_column) {

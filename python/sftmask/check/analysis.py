@@ -13,7 +13,7 @@ Every call into the Rust extension is in :func:`_make_maskers`, :func:`_encode` 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -240,27 +240,18 @@ def scan(args: argparse.Namespace, progress: Callable[[int], Any] | None = None)
 
     want_show = max(args.show, 0)
     candidates: dict[str, list[tuple[int, list[int]]]] = {NO_TEMPLATE: [], TRL_LOSES: [], "": []}
-    offset = 0
-    bar = progress(source.num_rows) if progress is not None else None
-    try:
-        for chunk in source.chunks(column, args.batch_size):
-            if kind == "input_ids":
-                rows = [_ids_row(v, offset + i, column) for i, v in enumerate(chunk)]
-            else:
-                texts = chunk
-                if render_messages is not None:
-                    texts = _render_chunk(render_messages, chunk, offset, column)
-                bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-                if bad is not None:
-                    raise CheckError(f"row {offset + bad + 1}: {column!r} is {type(texts[bad]).__name__}, not text")
-                rows = _encode(encoder, texts, kind == "text", args.num_threads)
-            _scan_chunk(report, rows, offset, exact, trl, args.max_length, candidates, want_show)
-            offset += len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+    for offset, chunk in _chunks(source, column, args.batch_size, progress):
+        if kind == "input_ids":
+            rows = [_ids_row(v, offset + i, column) for i, v in enumerate(chunk)]
+        else:
+            texts = chunk
+            if render_messages is not None:
+                texts = _render_chunk(render_messages, chunk, offset, column)
+            bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+            if bad is not None:
+                raise CheckError(f"row {offset + bad + 1}: {column!r} is {type(texts[bad]).__name__}, not text")
+            rows = _encode(encoder, texts, kind == "text", args.num_threads)
+        _scan_chunk(report, rows, offset, exact, trl, args.max_length, candidates, want_show)
 
     from sftmask.render import render_masked
 
@@ -314,63 +305,54 @@ def _scan_conversations(
     want_show = max(args.show, 0)
     candidates: dict[str, list[Any]] = {NOT_LOCATED: [], NOTHING_TRAINED: [], NO_END_MARKER: [], "": []}
     limit = args.max_length
-    offset = 0
-    bar = progress(source.num_rows) if progress is not None else None
-    try:
-        for chunk in source.chunks(column, args.batch_size):
-            for i, conversation in enumerate(chunk):
-                if not isinstance(conversation, list) or not all(isinstance(m, dict) for m in conversation):
-                    raise CheckError(f"row {offset + i + 1}: {column!r} is not a list of {{'role', 'content'}} objects")
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # counted below instead
-                    out, stats = tokenize_and_mask(
-                        chunk,
-                        target,
-                        train_on=args.train_on,
-                        on_missing="ignore",
-                        return_stats=True,
-                        num_threads=args.num_threads,
-                    )
-            except RowError as e:
-                raise CheckError(f"row {offset + e.row + 1}: {first_line(e.reason)}") from None
-            except (ValueError, TypeError) as e:
-                raise CheckError(first_line(e)) from None
-            not_located = set(stats.not_located_rows)
-            unmarked = set(stats.turns_without_end_marker_rows)
-            for i, (ids, labels) in enumerate(zip(out["input_ids"], out["labels"])):
-                row = offset + i
-                kept = labels[:limit] if limit is not None else labels
-                trained = sum(1 for label in kept if label != IGNORE_INDEX)
-                report.rows += 1
-                report.tokens += len(kept)
-                report.trained_tokens += trained
-                if limit is not None and len(ids) > limit:
-                    report.rows_truncated += 1
-                    if any(label != IGNORE_INDEX for label in labels[limit:]):
-                        report.responses_cut_by_max_length += 1
-                reasons = []
-                if i in not_located:
-                    report.rows_not_located += 1
-                    _sample(report.rows_not_located_sample, row)
-                    reasons.append(NOT_LOCATED)
-                if trained == 0:
-                    report.rows_without_trained_tokens += 1
-                    _sample(report.rows_without_trained_tokens_sample, row)
-                    reasons.append(NOTHING_TRAINED)
-                if i in unmarked:
-                    _sample(report.turns_without_end_marker_sample, row)
-                    reasons.append(NO_END_MARKER)
-                for reason in [*reasons, ""]:
-                    if len(candidates[reason]) < want_show:
-                        candidates[reason].append((row, ids[:limit] if limit else ids, kept))
-            report.turns_without_end_marker += stats.turns_without_end_marker
-            offset += len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+    for offset, chunk in _chunks(source, column, args.batch_size, progress):
+        for i, conversation in enumerate(chunk):
+            if not isinstance(conversation, list) or not all(isinstance(m, dict) for m in conversation):
+                raise CheckError(f"row {offset + i + 1}: {column!r} is not a list of {{'role', 'content'}} objects")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # counted below instead
+                out, stats = tokenize_and_mask(
+                    chunk,
+                    target,
+                    train_on=args.train_on,
+                    on_missing="ignore",
+                    return_stats=True,
+                    num_threads=args.num_threads,
+                )
+        except RowError as e:
+            raise CheckError(f"row {offset + e.row + 1}: {first_line(e.reason)}") from None
+        except (ValueError, TypeError) as e:
+            raise CheckError(first_line(e)) from None
+        not_located = set(stats.not_located_rows)
+        unmarked = set(stats.turns_without_end_marker_rows)
+        for i, (ids, labels) in enumerate(zip(out["input_ids"], out["labels"])):
+            row = offset + i
+            kept = labels[:limit] if limit is not None else labels
+            trained = sum(1 for label in kept if label != IGNORE_INDEX)
+            report.rows += 1
+            report.tokens += len(kept)
+            report.trained_tokens += trained
+            if limit is not None and len(ids) > limit:
+                report.rows_truncated += 1
+                if any(label != IGNORE_INDEX for label in labels[limit:]):
+                    report.responses_cut_by_max_length += 1
+            reasons = []
+            if i in not_located:
+                report.rows_not_located += 1
+                _sample(report.rows_not_located_sample, row)
+                reasons.append(NOT_LOCATED)
+            if trained == 0:
+                report.rows_without_trained_tokens += 1
+                _sample(report.rows_without_trained_tokens_sample, row)
+                reasons.append(NOTHING_TRAINED)
+            if i in unmarked:
+                _sample(report.turns_without_end_marker_sample, row)
+                reasons.append(NO_END_MARKER)
+            for reason in [*reasons, ""]:
+                if len(candidates[reason]) < want_show:
+                    candidates[reason].append((row, ids[:limit] if limit else ids, kept))
+        report.turns_without_end_marker += stats.turns_without_end_marker
 
     def view(ids: list[int], labels: list[int] | None) -> Any:
         return render({"input_ids": ids, "labels": labels}, target)
@@ -381,6 +363,21 @@ def _scan_conversations(
 def _sample(rows: list[int], row: int) -> None:
     if len(rows) < SAMPLE_ROWS:
         rows.append(row)
+
+
+def _chunks(source: Any, column: str, size: int, progress: Callable[[int], Any] | None) -> Iterator[tuple[int, list]]:
+    """``(offset, rows)`` of each chunk of ``column``, a progress bar advanced after each."""
+    bar = progress(source.num_rows) if progress is not None else None
+    offset = 0
+    try:
+        for chunk in source.chunks(column, size):
+            yield offset, chunk
+            offset += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _ids_row(value: Any, row: int, column: str) -> list[int]:
