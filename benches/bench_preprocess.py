@@ -20,22 +20,42 @@ rayon pool through ``RAYON_NUM_THREADS``, sftmask's through ``num_threads``). Re
 and the median pass, rows/s and tokens/s (tokens counted once from the floor's ids), and time /
 floor time. The Arrow rows are checked equal to the list rows, and the list ids to the floor's.
 
+Then two more tables from the same run:
+
+* **Scaling** (``--scaling-rows``, default 10k, 100k, 1M): ``floor``, ``list`` and ``arrow`` on
+  the first N rows of one pool of *short single-turn* chats (``--scaling-tokens``, default 24
+  nominal content tokens, no system prompt), so that 1M rows fit in a few minutes on 2 cores.
+  Best of 3 passes up to 100k rows, 1 pass at 1M. Time per row should stay flat.
+* **Ray Data** (``--ray-rows``, default 20k rows of the main table's distribution, written as 20
+  Parquet shards): ``read_parquet -> map_batches(batch_format="pyarrow") -> write_parquet`` on a
+  local cluster (``ray.init(num_cpus=2)``) with 1 and 2 worker actors (``--ray-workers``), each
+  calling ``tokenize_and_mask`` on one thread; the tokenizer reaches each actor once, as a
+  constructor argument. Timed: the whole pipeline, actor start included (the cluster is up
+  before). Each worker reports its busy time and its peak RSS (``ru_maxrss``). The floor is
+  ``encode_batch`` of the same texts on as many threads as there are workers (1 thread: in a
+  subprocess, because tokenizers' pool is sized once per process). Output rows are checked equal
+  to the in-process Arrow rows. Skipped, with a note, when ``ray`` is not installed.
+
 Usage::
 
-    python benches/bench_preprocess.py               # 10k rows, writes its section of benches/RESULTS.md
-    python benches/bench_preprocess.py --rows 2000 --out none   # smoke run, prints only
+    python benches/bench_preprocess.py               # everything, writes its section of benches/RESULTS.md
+    python benches/bench_preprocess.py --rows 2000 --scaling-rows 1000,10000 --ray-rows 2000 --out none  # smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import random
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -58,6 +78,241 @@ def replace_section(path: Path, section: str) -> None:
     path.write_text(new, encoding="utf-8")
 
 
+def _rss_now() -> int:
+    """This process's resident set size in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def scaling_table(bc: Any, tok: Any, cpt: float, sizes: list[int], nominal: int, kw: dict[str, Any]) -> list[str]:
+    """floor / list / arrow on the first N rows of one pool of short single-turn chats."""
+    import pyarrow as pa
+
+    import sftmask
+
+    rng = random.Random(1)
+    lo, hi = int(nominal * 0.7), int(nominal * 1.2)
+
+    def short_chat() -> str:
+        # One user sentence or so and a short answer, no system prompt: per-row costs dominate.
+        chars = rng.randint(lo, hi) * cpt
+        user = bc._content(rng, int(chars * 0.25), bc.LEADING_NEWLINE_USER)
+        return bc._render([("user", user), ("assistant", bc._content(rng, int(chars * 0.75), 0.15))])
+
+    pool = [short_chat() for _ in range(max(sizes))]
+    lines = [
+        f"### Scaling with rows: {', '.join(f'{n:,}' for n in sizes)} short single-turn chats",
+        "",
+        f"The first N rows of one pool of single-turn Llama-3 chats (a user turn and an answer, {lo}-{hi} "
+        "nominal content tokens, no system prompt), much shorter than above so that 1M rows fit in a few "
+        "minutes here; per-row costs weigh more on short rows. Best of 3 passes up to 100k rows, 1 pass above; "
+        "same threads and templates as above.",
+        "",
+        "| rows | tokens | floor s | list s | arrow s | list x floor | arrow x floor | µs/row floor / list / arrow "
+        "| arrow tokens/s | lengths agree |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in sizes:
+        texts = pool[:n]
+        table = pa.table({"id": pa.array(range(n), pa.int64()), "text": texts})
+        methods: dict[str, Callable[[], Any]] = {
+            "floor": lambda texts=texts: tok.encode_batch(texts, add_special_tokens=True),
+            "list": lambda texts=texts: sftmask.tokenize_and_mask(texts, tok, bc.RESPONSE, **kw),
+            "arrow": lambda table=table: sftmask.tokenize_and_mask(table, tok, bc.RESPONSE, **kw),
+        }
+        lengths: dict[str, list[int]] = {}
+        best = {name: float("inf") for name in methods}
+        for _ in range(3 if n <= 100_000 else 1):
+            for name, fn in methods.items():
+                t = time.perf_counter()
+                out = fn()
+                best[name] = min(best[name], time.perf_counter() - t)
+                if name not in lengths:  # untimed: what each method made, to compare
+                    if name == "floor":
+                        lengths[name] = [len(e) for e in out]
+                    elif name == "list":
+                        lengths[name] = [len(r) for r in out["input_ids"]]
+                    else:
+                        lengths[name] = out.column("length").to_pylist()
+                del out
+        tokens = sum(lengths["floor"])
+        agree = lengths["floor"] == lengths["list"] == lengths["arrow"]
+        us = " / ".join(f"{best[m] / n * 1e6:.1f}" for m in methods)
+        lines.append(
+            f"| {n:,} | {tokens:,} | {best['floor']:.2f} | {best['list']:.2f} | {best['arrow']:.2f} | "
+            f"{best['list'] / best['floor']:.2f}x | {best['arrow'] / best['floor']:.2f}x | {us} | "
+            f"{bc.fmt_rate(tokens / best['arrow'])} | {'yes' if agree else '**NO**'} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+class RayWorker:
+    """A Ray Data actor: ``tokenize_and_mask`` on each pyarrow batch, on one thread. The tokenizer
+    comes once, as a constructor argument. After each batch it rewrites ``<pid>.json`` in
+    ``stats_dir`` with its busy time and RSS, for the driver to read after the run."""
+
+    def __init__(self, tokenizer: Any, response: str, instruction: str, stats_dir: str) -> None:
+        import sftmask  # noqa: F401 - imported before the RSS baseline, as a worker would
+
+        self.tokenizer, self.response, self.instruction = tokenizer, response, instruction
+        self.stats = Path(stats_dir) / f"{os.getpid()}.json"
+        self.rss_ready = _rss_now()
+        self.busy = 0.0
+        self.rows = 0
+
+    def __call__(self, batch: Any) -> Any:
+        import sftmask
+
+        t = time.perf_counter()
+        out = sftmask.tokenize_and_mask(
+            batch, self.tokenizer, self.response, self.instruction, num_threads=1, on_missing="ignore"
+        )
+        self.busy += time.perf_counter() - t
+        self.rows += batch.num_rows
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        self.stats.write_text(
+            json.dumps({"busy": self.busy, "rows": self.rows, "rss_ready": self.rss_ready, "rss_peak": peak})
+        )
+        return out
+
+
+def floor_in_subprocess(shards: Path, threads: int) -> float:
+    """Best of 2 ``encode_batch`` passes over the shards' texts in a fresh process on ``threads``
+    threads (tokenizers sizes its thread pool once per process)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--floor-of", str(shards), "--threads", str(threads)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def floor_of(shards: str) -> int:
+    import pyarrow.parquet as pq
+    import tokenizers
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import bench_collators as bc
+
+    tok = tokenizers.Tokenizer.from_file(str(bc.find_tokenizer(None)))
+    texts = pq.read_table(shards).column("text").to_pylist()
+    tok.encode_batch(texts[:1000], add_special_tokens=True)  # warm the pool
+    best = float("inf")
+    for _ in range(2):
+        t = time.perf_counter()
+        out = tok.encode_batch(texts, add_special_tokens=True)
+        best = min(best, time.perf_counter() - t)
+        del out
+    print(json.dumps({"seconds": best}))
+    return 0
+
+
+def ray_table(bc: Any, tok: Any, cpt: float, rows: int, nominal: int, workers: list[int]) -> list[str]:
+    """read_parquet -> map_batches(RayWorker) -> write_parquet with 1, 2, ... actors."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import sftmask
+
+    title = f'### Ray Data: {rows:,} rows, read_parquet -> map_batches(batch_format="pyarrow") -> write_parquet'
+    try:
+        import ray
+        import ray.data
+    except ImportError as e:
+        return [title, "", f"Not run: ray is not installed ({e})."]
+    rng = random.Random(2)
+    lo, hi = int(nominal * 0.7), int(nominal * 1.2)
+    texts = [bc._chat(rng, rng.randint(lo, hi), True, cpt) for _ in range(rows)]
+    table = pa.table({"id": pa.array(range(rows), pa.int64()), "text": texts})
+    # Ray's socket paths must be short: its own folder under /tmp.
+    work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    try:
+        shards = work / "in"
+        shards.mkdir()
+        n_shards = 20
+        step = -(-rows // n_shards)
+        for i in range(0, rows, step):
+            pq.write_table(table.slice(i, step), shards / f"part-{i // step:03d}.parquet")
+        expected = sftmask.tokenize_and_mask(table, tok, bc.RESPONSE, bc.USER, on_missing="ignore")
+        tokens = sum(expected.column("length").to_pylist())
+        floors = {w: floor_in_subprocess(shards, w) for w in workers}
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=512 * 2**20,
+            _temp_dir=str(work / "ray"),
+            log_to_driver=False,
+        )
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        results = {}
+        for w in workers:
+            best: dict[str, Any] | None = None
+            for attempt in range(2):
+                stats_dir = work / f"stats-{w}-{attempt}"
+                stats_dir.mkdir()
+                out_dir = work / f"out-{w}-{attempt}"
+                t = time.perf_counter()
+                (
+                    # Ray reads small files into one block, which would keep all but one actor
+                    # idle: split it (streaming, no shuffle) into blocks of one batch.
+                    ray.data.read_parquet(str(shards))
+                    .repartition(target_num_rows_per_block=1000)
+                    .map_batches(
+                        RayWorker,
+                        fn_constructor_args=(tok, bc.RESPONSE, bc.USER, str(stats_dir)),
+                        batch_format="pyarrow",
+                        batch_size=1000,
+                        compute=ray.data.ActorPoolStrategy(size=w),
+                        # Half a CPU per actor: the read and write tasks need the rest of the
+                        # 2-CPU cluster; each actor still runs one sftmask thread.
+                        num_cpus=0.5,
+                    )
+                    .write_parquet(str(out_dir))
+                )
+                seconds = time.perf_counter() - t
+                per_worker = [json.loads(p.read_text()) for p in sorted(stats_dir.iterdir())]
+                got = pq.read_table(out_dir).sort_by("id")
+                same = (
+                    got.column("labels").to_pylist() == expected.column("labels").to_pylist()
+                    and got.column("input_ids").to_pylist() == expected.column("input_ids").to_pylist()
+                )
+                run = {"seconds": seconds, "workers": per_worker, "same": same}
+                print(f"ray workers={w}: {seconds:.2f} s, {len(per_worker)} actors, rows equal: {same}", flush=True)
+                if best is None or seconds < best["seconds"]:
+                    best = run
+            results[w] = best
+        ray.shutdown()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    lines = [
+        title,
+        "",
+        f"{rows:,} multi-turn chats of the main table's distribution ({tokens:,} tokens), in {n_shards} Parquet "
+        "shards; a local cluster, `ray.init(num_cpus=2)`, actors of `num_cpus=0.5` each running "
+        "`tokenize_and_mask` on 1 thread (batch 1,000), tokenizer passed as a constructor argument. Seconds: "
+        "the whole pipeline, actor start, read and write included (best of 2). Floor: `encode_batch` of "
+        "the same texts on as many threads as workers (best of 2, its own process). Busy: the share of the "
+        "pipeline's time the workers spent inside `tokenize_and_mask`.",
+        "",
+        "| workers | seconds | rows/s | tokens/s | floor s (same threads) | x floor | speed-up vs 1 worker | "
+        "busy per worker | RSS per worker ready / peak (MiB) | rows = in-process rows |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    first = results[workers[0]]["seconds"]
+    for w in workers:
+        r = results[w]
+        busy = " / ".join(f"{x['busy'] / r['seconds']:.0%}" for x in r["workers"])
+        rss = " ; ".join(f"{x['rss_ready'] / 2**20:.0f} / {x['rss_peak'] / 2**20:.0f}" for x in r["workers"])
+        lines.append(
+            f"| {w} ({len(r['workers'])} ran) | {r['seconds']:.2f} | {rows / r['seconds']:,.0f} | "
+            f"{bc.fmt_rate(tokens / r['seconds'])} | {floors[w]:.2f} | {r['seconds'] / floors[w]:.2f}x | "
+            f"{first / r['seconds']:.2f}x | {busy} | {rss} | {'yes' if r['same'] else '**NO**'} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000)
@@ -65,11 +320,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--out", default=str(REPO / "benches" / "RESULTS.md"), help="markdown file, or 'none'")
+    parser.add_argument("--scaling-rows", default="10000,100000,1000000", help="comma-separated, or 'none'")
+    parser.add_argument("--scaling-tokens", type=int, default=24, help="nominal content tokens per scaling row")
+    parser.add_argument("--ray-rows", type=int, default=20_000, help="rows for the Ray Data table (0: skip it)")
+    parser.add_argument("--ray-workers", default="1,2", help="comma-separated actor counts")
+    parser.add_argument("--floor-of", help=argparse.SUPPRESS)  # internal: the Ray table's floor, in a subprocess
     args = parser.parse_args(argv)
 
     # Before tokenizers starts its pool: the floor runs on the same number of threads.
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    if args.floor_of:
+        return floor_of(args.floor_of)
     sys.path.insert(0, str(Path(__file__).parent))
     import bench_collators as bc
     import pyarrow as pa
@@ -77,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import sftmask
 
+    run_started = time.perf_counter()
     tok = tokenizers.Tokenizer.from_file(str(bc.find_tokenizer(None)))
     cpt = bc.calibrate(tok)
     rng = random.Random(0)
@@ -161,8 +424,19 @@ def main(argv: list[str] | None = None) -> int:
     L.append("")
     L.append(
         "`x floor time` = the method's time over `encode_batch`'s (1.00x = as fast as tokenizing alone; "
-        "SPEC: rendering and masking should add at most 20%)."
+        "the goal: rendering and masking add at most 20%)."
     )
+    if args.scaling_rows != "none":
+        sizes = [int(x) for x in args.scaling_rows.split(",")]
+        L += ["", *scaling_table(bc, tok, cpt, sizes, args.scaling_tokens, kw)]
+    if args.ray_rows:
+        workers = [int(x) for x in args.ray_workers.split(",")]
+        L += ["", *ray_table(bc, tok, cpt, args.ray_rows, args.tokens, workers)]
+    L += [
+        "",
+        f"Whole run: {time.perf_counter() - run_started:.0f} s; 1-minute load average at the end: "
+        f"{os.getloadavg()[0]:.2f}.",
+    ]
     text = "\n".join(L)
     print(text)
     if args.out != "none":

@@ -149,7 +149,8 @@ def test_ray_data_read_map_batches_write(data, ray_cluster, tmp_path):
     shipped = Shipped(load_tokenizer("llama3"), str(arrivals))
     (
         ray.data.read_parquet(str(folder / "chats.parquet"))
-        .repartition(6)
+        # One file is one block: split it (streaming, no shuffle) so that both actors get work.
+        .repartition(target_num_rows_per_block=500)
         .map_batches(
             RayTokenizeAndMask,
             fn_constructor_args=(shipped, RESPONSE, INSTRUCTIONS),
