@@ -35,16 +35,17 @@ class RayTokenizeAndMask:
     """A Ray Data callable class: Ray pickles the constructor's arguments (the tokenizer) once per
     actor, and calls the instance on every ``pyarrow.Table`` batch."""
 
-    def __init__(self, shipped: Shipped, response: str, instructions: list[str]) -> None:
+    def __init__(self, shipped: Shipped, response: str | None, instructions: list[str] | None) -> None:
         self.tokenizer = shipped.tokenizer
         self.response = response
         self.instructions = instructions
 
     def __call__(self, batch: Any) -> Any:
+        # No response template: a `messages` column, labelled by the tokenizer's chat template.
         return sftmask.tokenize_and_mask(batch, self.tokenizer, self.response, self.instructions, on_missing="ignore")
 
 
-def spark_tokenize_and_mask(broadcast: Any, response: str, instructions: list[str]):
+def spark_tokenize_and_mask(broadcast: Any, response: str | None, instructions: list[str] | None):
     """The function for ``DataFrame.mapInArrow``: called per partition with an iterator of
     ``pyarrow.RecordBatch``. ``broadcast`` holds the tokenizer; a reused Python worker unpickles
     it once and keeps it for every later partition."""
