@@ -1,15 +1,16 @@
 """Assistant regions located in Rust equal the SPEC's rule computed here with transformers.
 
-Truth (a) of issue 10: for assistant message ``i`` of the full rendering ``F``, the region
-starts at the end of ``render(messages[:i], add_generation_prompt=True)`` and ends at the last
-non-whitespace character of ``render(messages[:i+1])``, both prefixes of ``F`` (else the row
-cannot be located exactly and is an error). This test computes that with transformers' own
-renderer in Python and compares it with ``ChatTemplate::render_with_regions`` (byte offsets),
-on every template and conversation of the corpus.
+Truth (a) of issue 10: the rule of docs/masking.md rule 45 (start: S1 the generation prompt is a
+prefix, S2 the whole pieces of a prompt that opens a block; end: E1 the message rendered last is
+a prefix, E2 an end-of-conversation suffix cut away, E3 a turn the history rewrites by leaving one
+part out), implemented independently in ``tests/region_rule.py`` and run with transformers' own
+renderer. It is compared with ``ChatTemplate::render_with_regions`` (byte offsets) on every
+template and conversation of the corpus.
 
-Truth (b), TRL's ``{% generation %}`` spans on its ``*_training`` templates, is reported by the
-script mode (``python tests/test_chat_regions.py``), not asserted: TRL's spans differ from the
-SPEC's rule at whitespace edges by design.
+Truth (b), transformers' ``return_assistant_tokens_mask`` on TRL's ``*_training`` templates, is
+asserted on tokens in ``tests/test_messages.py``; the script mode here
+(``python tests/test_chat_regions.py``) also prints per template how many conversations the
+rule locates and why the others are not.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+sys.path.insert(0, str(Path(__file__).parent))
 
 from build_chat_templates import chat_templates, conversations, special_tokens
+from region_rule import rule_regions
 
 jinja2 = pytest.importorskip("jinja2")
 chat_template_utils = pytest.importorskip("transformers.utils.chat_template_utils")
@@ -36,7 +39,8 @@ CONVERSATIONS = conversations(seed=1, count=30)
 _TEMPLATES = chat_templates()
 
 #: Strings that look like special tokens in a template's source: `<|x|>`, `<｜x｜>`, `<x_y>`,
-#: `</s>`, `[INST]`... They only decide which end of turn is reported as a marker.
+#: `</s>`, `[INST]`... They decide which end of turn is reported as a marker, and where a
+#: generation prompt may be cut into pieces (rule S2).
 _TOKEN_RE = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜\s]{1,40}｜>|</?[a-z_]{1,30}>|\[/?[A-Z_]{2,30}\]|<[A-Z_]{3,40}>")
 
 
@@ -59,34 +63,6 @@ def truth(name: str, conv: dict[str, Any]) -> tuple[str, Any]:
     return rule_regions(
         lambda messages, agp: _render(source, messages, tools, agp, special), conv["messages"], token_strings(name)
     )
-
-
-def rule_regions(
-    render: Callable[[list[dict[str, Any]], bool], str], messages: list[dict[str, Any]], tokens: list[str]
-):
-    """The SPEC's rule with ``render(messages, add_generation_prompt)``: ("ok", (text, regions)) with
-    regions ``(message index, start byte, end byte, marker)``, ("not_located", index) or ("error", why)."""
-    try:
-        full = render(messages, False)
-    except Exception as e:  # transformers cannot render this conversation at all
-        return "error", f"{type(e).__name__}: {e}"
-    regions = []
-    for i, message in enumerate(messages):
-        if message.get("role") != "assistant":
-            continue
-        try:
-            prompt = render(messages[:i], True)
-            turn = render(messages[: i + 1], False)
-        except Exception:
-            return "not_located", i
-        if not (full.startswith(prompt) and full.startswith(turn)) or len(turn) < len(prompt):
-            return "not_located", i
-        segment = full[len(prompt) : len(turn)].rstrip()
-        start = len(prompt.encode())
-        ends_with = [t for t in tokens if segment.endswith(t)]
-        marker = max(ends_with, key=len) if ends_with else None
-        regions.append((i, start, start + len(segment.encode()), marker))
-    return "ok", (full, regions)
 
 
 def rust(name: str, convs: list[dict[str, Any]]) -> list[tuple[str, str, list[Any]]]:
@@ -133,40 +109,6 @@ def test_region_text_is_the_answer() -> None:
     assert raw[:start].decode().endswith("<|im_start|>assistant\n") and raw[end:].decode() == "\n"
 
 
-def _trl_generation_report() -> None:
-    """Truth (b): TRL's {% generation %} spans vs the regions, on the *_training templates."""
-    for name in sorted(n for n in _TEMPLATES if n.endswith("_training")):
-        counts: Counter[str] = Counter()
-        for conv, (kind, text, regions) in zip(CONVERSATIONS, rust(name, CONVERSATIONS)):
-            if kind != "ok":
-                counts[kind] += 1
-                continue
-            special = special_tokens(name)
-            try:
-                _, spans = chat_template_utils.render_jinja_template(
-                    conversations=[conv["messages"]],
-                    tools=conv["tools"],
-                    chat_template=_TEMPLATES[name],
-                    return_assistant_tokens_mask=True,
-                    **special,
-                )
-            except Exception:
-                counts["transformers error"] += 1
-                continue
-            raw = text.encode()
-            ours = (
-                [raw[:s].decode().__len__() for _, s, _, _ in regions],
-                [len(raw[:e].decode()) for _, _, e, _ in regions],
-            )
-            theirs = [(s, e) for s, e in spans[0] if e > s]
-            mine = list(zip(*ours))
-            same = len(mine) == len(theirs) and all(
-                text[s1:e1].strip() == text[s2:e2].strip() for (s1, e1), (s2, e2) in zip(mine, theirs)
-            )
-            counts["equal modulo edge whitespace" if same else "different"] += 1
-        print(f"{name:45} {dict(counts)}")
-
-
 if __name__ == "__main__":
     totals: Counter[str] = Counter()
     for name in sorted(_TEMPLATES):
@@ -178,4 +120,3 @@ if __name__ == "__main__":
         totals.update(c)
         print(f"{name:60} {status} {dict(c)}")
     print(dict(totals))
-    _trl_generation_report()

@@ -1,23 +1,31 @@
 """``tokenize_and_mask`` on conversations: labels equal the SPEC's rule computed here, independently.
 
-Truth (a) of issue 10, computed in this file with transformers only: render the conversation
-(``render_jinja_template``, what ``apply_chat_template(tokenize=False)`` calls); for each trained
-assistant message ``i``, its region runs from the end of ``render(messages[:i],
-add_generation_prompt=True)`` to the last non-whitespace character of ``render(messages[:i+1])``,
-both prefixes of the full text (else the row cannot be located and must be counted, all labels
-ignored); tokenize the full text with the transformers tokenizer (``add_special_tokens=False``) and
-train a token iff its span (from the previous token's end to its own end, in the tokenizer's own
-character offsets) overlaps a region. sftmask renders with minijinja in Rust, tokenizes with the
-``tokenizers`` crate in bytes, and must agree on every template of the corpus.
+Truth (a) of issue 10, computed with transformers only: render the conversation
+(``render_jinja_template``, what ``apply_chat_template(tokenize=False)`` calls); locate each trained
+assistant message by the region rule of docs/masking.md rule 45 (``tests/region_rule.py``: the
+generation prompt, or the whole pieces of a prompt that opens a block, before it; the message
+rendered last, less an end-of-conversation suffix or a part the history leaves out, after it; else
+the row cannot be located and must be counted, all labels ignored); tokenize the full text with the
+transformers tokenizer (``add_special_tokens=False``) and train a token iff its span (from the
+previous token's end to its own end, in the tokenizer's own character offsets) overlaps a region.
+sftmask renders with minijinja in Rust, tokenizes with the ``tokenizers`` crate in bytes, and must
+agree on every template of the corpus. Rows the Rust renderer cannot render go through the
+transformers fallback, which applies the plain prefix rule only (rules S1 and E1): for those rows
+the truth is that rule.
 
-Each template is paired with a real fixture tokenizer (Llama-3 for Llama-3 templates, the
-sentencepiece Mistral one for Mistral templates, Qwen2 otherwise) to which the special-token
-strings of the whole corpus are added: the byte rule does not depend on the vocabulary being the
-model's.
+Truth (b): on every TRL ``*_training`` template, transformers' ``return_assistant_tokens_mask``
+(its ``{% generation %}`` spans) equals sftmask's labels except for whitespace-only tokens at a
+region's edge, and the differences by design listed in ``TRL_DIFFERS``.
+
+Each template is paired with a real fixture tokenizer (Llama-3 for Llama-3 templates, Phi-3 for
+Phi-3, the sentencepiece Mistral one for Mistral templates, Qwen2 otherwise) to which the
+special-token strings of the whole corpus are added: the byte rule does not depend on the
+vocabulary being the model's.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import warnings
@@ -28,7 +36,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 from build_chat_templates import chat_templates, conversations, special_tokens
+from region_rule import select_regions
 
 jinja2 = pytest.importorskip("jinja2")
 transformers = pytest.importorskip("transformers")
@@ -36,6 +47,7 @@ from transformers.utils.chat_template_utils import render_jinja_template  # noqa
 
 import sftmask  # noqa: E402
 from conftest import load_tokenizer  # noqa: E402
+from sftmask import _core  # noqa: E402
 
 _TEMPLATES = chat_templates()
 CONVERSATIONS = conversations(seed=3, count=20)
@@ -67,8 +79,9 @@ def _tokenizer(family: str) -> Any:
 
 def tokenizer_for(name: str) -> Any:
     """The fixture tokenizer paired with template ``name``, its special tokens set as the template expects."""
-    lowered = name.lower()
-    family = "llama3" if "llama-3" in lowered else "mistral_v3" if "mistral" in lowered else "qwen2"
+    lowered = name.lower().replace("-", "")
+    families = (("llama3", "llama3"), ("phi3", "phi3"), ("mistral", "mistral_v3"))
+    family = next((f for key, f in families if key in lowered), "qwen2")
     tok = _tokenizer(family)
     special = special_tokens(name)
     for key in _SPECIAL_KEYS:
@@ -96,30 +109,29 @@ def selected(messages: list[dict[str, Any]], train_on: str = "all") -> list[int]
 
 
 def truth(
-    tok: Any, source: str, conv: dict[str, Any], train_on: str = "all", kw: dict | None = None
+    tok: Any, source: str, conv: dict[str, Any], train_on: str = "all", kw: dict | None = None, extended: bool = True
 ) -> tuple[str, Any]:
     """("ok", (ids, labels)), ("not_located", ids) or ("error", why), by the rule in the module doc."""
     kw = kw or {}
     special = {k: getattr(tok, k) for k in _SPECIAL_KEYS if isinstance(getattr(tok, k), str)}
     messages, tools = conv["messages"], conv["tools"]
-    try:
-        full = _render(source, messages, tools, False, special, kw)
-    except Exception as e:
-        return "error", f"{type(e).__name__}: {e}"
+
+    def render(msgs: list[Any], agp: bool) -> str:
+        return _render(source, msgs, tools, agp, special, kw)
+
+    kind, value = select_regions(
+        render, messages, _marker_strings(tok), selected(messages, train_on), extended=extended
+    )
+    if kind == "error":
+        return kind, value
+    full = render(messages, False)
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
-    regions = []
-    for i in selected(messages, train_on):
-        try:
-            prompt = _render(source, messages[:i], tools, True, special, kw)
-            turn = _render(source, messages[: i + 1], tools, False, special, kw)
-        except Exception:
-            return "not_located", ids
-        if not (full.startswith(prompt) and full.startswith(turn)) or len(turn) < len(prompt):
-            return "not_located", ids
-        end = len(prompt) + len(full[len(prompt) : len(turn)].rstrip())
-        if end > len(prompt):
-            regions.append((len(prompt), end))
+    if kind == "not_located":
+        return "not_located", ids
+    raw = full.encode()
+    # Byte offsets from the rule, as character offsets for the tokenizer's own offsets.
+    regions = [(len(raw[:s].decode()), len(raw[:e].decode())) for _, s, e, _ in value[1] if e > s]
     labels, start = [], 0
     for token, (_, stop) in zip(ids, enc["offset_mapping"]):
         stop = max(stop, start)
@@ -132,10 +144,23 @@ def truth(
     return "ok", (ids, labels)
 
 
+def _marker_strings(tok: Any) -> list[str]:
+    """The tokenizer's added tokens: what sftmask treats as markers and prompt pieces too."""
+    return sorted({t.content for t in tok.backend_tokenizer.get_added_tokens_decoder().values() if t.content})
+
+
+def rust_renders(source: str, tok: Any, convs: list[dict[str, Any]]) -> list[bool]:
+    """Whether the Rust renderer renders each conversation (else sftmask falls back to transformers)."""
+    special = {k: getattr(tok, k) for k in _SPECIAL_KEYS if isinstance(getattr(tok, k), str)}
+    template = _core.ChatTemplate(source, **special)
+    return [kind != "unsupported" for kind, _ in template.render(json.dumps(convs))]
+
+
 def check_template(name: str, convs: list[dict[str, Any]], train_on: str = "all") -> dict[str, int]:
     tok = tokenizer_for(name)
     source = _TEMPLATES[name]
-    wanted = [(c, truth(tok, source, c, train_on)) for c in convs]
+    native = rust_renders(source, tok, convs)
+    wanted = [(c, truth(tok, source, c, train_on, extended=n)) for c, n in zip(convs, native)]
     # Conversations transformers cannot render at all are the render tests' business.
     kept = [(c, w) for c, w in wanted if w[0] != "error"]
     if not kept:

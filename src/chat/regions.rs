@@ -1,26 +1,53 @@
-//! Where each assistant message sits in the full rendering, by the SPEC's rule.
+//! Where each assistant message sits in the full rendering, by the SPEC's rule
+//! (docs/masking.md rule 45, docs/chat-templates.md rules 3-8).
 //!
-//! For assistant message `i` of a conversation rendered in full as `F`:
-//! * it starts where the generation prompt ends: `G = render(messages[..i],
-//!   add_generation_prompt=true)` must be a prefix of `F`, and the region starts at `len(G)`
-//!   (for a template without a generation prompt, `G` is the previous messages' text);
-//! * the turn ends where `H = render(messages[..=i])` ends (a prefix of `F` too), and the region
-//!   ends at the turn's last non-whitespace byte: its end-of-turn marker when the turn ends with
-//!   a special token, else its last character; the whitespace after it (Qwen's `\n`) is not in
-//!   the region.
+//! For assistant message `i` of a conversation rendered in full as `F`, with
+//! `R(n) = render(messages[..n])` and `G = render(messages[..i], add_generation_prompt=true)`:
 //!
-//! Both prefixes are checked byte for byte, so a region is exact or not given at all: a template
-//! that renders a message differently once later messages follow (one that rewrites history in a
-//! way the prefix renderings do not share) gives [`ChatError::NotLocated`] for that message,
-//! never a guessed range. This costs two renders per assistant message.
+//! **Start** (where the generation prompt ends, in `F`):
+//! * S1: `G` is a prefix of `F`: the region starts at `len(G)`.
+//! * S2 (the prompt opens a block the history writes otherwise: DeepSeek-R1's `<think>\n`,
+//!   Gemma 4's empty thought channel, Nemotron's `<think>\n` before `<think></think>`):
+//!   `R(i)` is a prefix of both `G` and `F`; the generation prompt `g = G[len(R(i))..]` is cut
+//!   into pieces (the special tokens in it; between them, runs of whitespace, runs of word
+//!   characters, and every other character alone); the region starts after the longest run of whole pieces of `g` that `F` continues
+//!   with after `R(i)` — and that the sentinel render (message `i` rendered last with its
+//!   content and reasoning replaced by a sentinel) continues with too, so that an answer that
+//!   happens to begin like the prompt's tail is never counted as prompt.
+//!
+//! **End** (the turn's last non-whitespace byte, its end-of-turn marker if it has one):
+//! * E1: `H = R(i+1)` is a prefix of `F` (and no shorter than the start): the turn ends where
+//!   `H` ends.
+//! * E2 (an end-of-conversation suffix, Phi-3's `<|endoftext|>`): the *body* `B` of `H` is what
+//!   `H` and `render(messages[..=i], add_generation_prompt=true)` share, cut back to a piece
+//!   boundary; `B` is a prefix of `F`, and the turn in `B` ends with a special token (so the
+//!   suffix cut away is not the turn's own marker): the turn ends where `B` ends.
+//! * E3 (history drops part of an earlier turn: Qwen3 and DeepSeek-R1 drop its reasoning,
+//!   GPT-OSS its analysis channel, GLM-4.6 the reasoning inside `<think></think>`): the turn as
+//!   rendered last, `T = B[s..]` (`s` its start in `H` by S1/S2), must reappear in `F` from the
+//!   region start with one contiguous part `D` left out: `F` continues with `T[..a]` (`a` the
+//!   longest common prefix) and then with the longest suffix `T[b..]` (`b > a`) that `F`
+//!   continues with there, which must still hold `T`'s last non-whitespace byte. `D = T[a..b]`
+//!   must not occur between the region's end and the start of the next assistant message (or
+//!   the end of `F`): a part that moved (Gemma 4 writes a tool-calling answer after the tool
+//!   results) is not a dropped part.
+//!
+//! Every region is checked byte for byte against renders of the same conversation, so a region
+//! is exact or not given at all: a turn no rule locates gives [`ChatError::NotLocated`] for that
+//! message, never a guessed range. Cost: two renders of a prefix per assistant message when `G`
+//! and `H` are prefixes (quadratic in the number of turns); a few more for a rewritten turn.
+
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use super::{ChatError, ChatTemplate, Value};
 
 /// One assistant message's bytes in the full rendering.
 ///
 /// ```
-/// let r = sftmask::chat::Region { message: 1, start: 10, end: 20, marker: None };
+/// let r = sftmask::chat::Region { message: 1, start: 10, end: 20, marker: None, last_start: 10, kept: 10, dropped: 0 };
 /// assert_eq!(r.end - r.start, 10);
+/// assert_eq!(r.from_last(15), Some(15));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Region {
@@ -32,6 +59,404 @@ pub struct Region {
     pub end: usize,
     /// The special token the turn ends with (the end-of-turn marker), if it ends with one.
     pub marker: Option<String>,
+    /// Where the region's bytes come from in `render(messages[..=i])` (the message rendered
+    /// last): the first `kept` bytes of the region are that text's bytes from `last_start`, the
+    /// rest follows `dropped` bytes later (a part history drops, rule E3; 0 otherwise).
+    pub last_start: usize,
+    /// Bytes of the region before the dropped part.
+    pub kept: usize,
+    /// Bytes of the turn rendered last that the full rendering leaves out.
+    pub dropped: usize,
+}
+
+impl Region {
+    /// The offset in the full rendering of byte `at` of `render(messages[..=i])`, or `None` when
+    /// that byte is not in the region (outside the turn, or in the part history drops).
+    ///
+    /// ```
+    /// // "<think>r</think>" (16 bytes) dropped: last "A:<think>r</think>ok", full "A:ok".
+    /// let r = sftmask::chat::Region { message: 0, start: 2, end: 4, marker: None, last_start: 2, kept: 0, dropped: 16 };
+    /// assert_eq!(r.from_last(18), Some(2)); // "ok" starts at 18 in the last rendering
+    /// assert_eq!(r.from_last(5), None);     // inside the dropped reasoning
+    /// ```
+    pub fn from_last(&self, at: usize) -> Option<usize> {
+        let len = self.end - self.start;
+        let off = at.checked_sub(self.last_start)?;
+        if off <= self.kept {
+            (off <= len).then_some(self.start + off)
+        } else if off >= self.kept + self.dropped {
+            let off = off - self.dropped;
+            (off <= len).then_some(self.start + off)
+        } else {
+            None
+        }
+    }
+}
+
+/// A text no real content holds (private-use characters around a name).
+pub(crate) const SENTINEL: &str = "\u{E000}sftmask-content\u{E001}";
+
+/// `message` with the string values of `keys` replaced by `with`, its keys in their order:
+/// rebuilt through JSON, as the rows were parsed (minijinja builds ordered maps only when
+/// deserializing). `None` when the message is not a map of plain data.
+pub(crate) fn replace_fields(message: &Value, keys: &[&str], with: &str) -> Option<Value> {
+    let mut json = String::from("{");
+    for (n, k) in message.try_iter().ok()?.enumerate() {
+        let v = message.get_item(&k).ok()?;
+        let v = if k.as_str().is_some_and(|k| keys.contains(&k)) && v.as_str().is_some() {
+            Value::from(with)
+        } else {
+            v
+        };
+        if n > 0 {
+            json.push(',');
+        }
+        json.push_str(&serde_json::to_string(&k).ok()?);
+        json.push(':');
+        json.push_str(&serde_json::to_string(&v).ok()?);
+    }
+    json.push('}');
+    serde_json::from_str(&json).ok()
+}
+
+/// The kind of a character for cutting text into pieces: whitespace, word characters (letters,
+/// digits, `_`), or anything else (each such character a piece of its own).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Space,
+    Word,
+    Other,
+}
+
+fn class(c: char) -> Class {
+    if c.is_whitespace() {
+        Class::Space
+    } else if c.is_alphanumeric() || c == '_' {
+        Class::Word
+    } else {
+        Class::Other
+    }
+}
+
+/// Byte offsets where `text` may be cut without splitting a piece: the ends of the special
+/// tokens in it (longest match first, scanning left to right), of runs of whitespace, of runs
+/// of word characters, and of every other character. Ascending, `text.len()` last, 0 not
+/// included.
+fn piece_ends(text: &str, tokens: &[&str]) -> Vec<usize> {
+    // A tokenizer can have thousands of added tokens: look up only those starting with the byte.
+    let mut by_first: HashMap<u8, Vec<&str>> = HashMap::new();
+    for t in tokens.iter().filter(|t| !t.is_empty()) {
+        by_first.entry(t.as_bytes()[0]).or_default().push(t);
+    }
+    let mut out = Vec::new();
+    let mut run: Option<Class> = None; // the class of the run being read
+    let mut at = 0;
+    while at < text.len() {
+        let rest = &text[at..];
+        let token = by_first
+            .get(&rest.as_bytes()[0])
+            .and_then(|ts| ts.iter().filter(|t| rest.starts_with(**t)).map(|t| t.len()).max());
+        if let Some(len) = token {
+            if run.take().is_some() {
+                out.push(at);
+            }
+            at += len;
+            out.push(at);
+            continue;
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        let k = class(c);
+        if run.is_some() && (run != Some(k) || k == Class::Other) {
+            out.push(at);
+        }
+        run = Some(k);
+        at += c.len_utf8();
+    }
+    if run.is_some() {
+        out.push(at);
+    }
+    out
+}
+
+/// The longest prefix of `prompt`, ending at one of `ends`, that `text` starts with.
+fn whole_pieces(prompt: &str, ends: &[usize], text: &str) -> usize {
+    ends.iter()
+        .copied()
+        .take_while(|&e| text.starts_with(&prompt[..e]))
+        .last()
+        .unwrap_or(0)
+}
+
+/// Length of the longest common prefix of `a` and `b`, on a character boundary.
+fn common_prefix(a: &str, b: &str) -> usize {
+    let n = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    (0..=n).rev().find(|&k| a.is_char_boundary(k)).unwrap_or(0)
+}
+
+/// The special token `segment` ends with (the longest), if any.
+fn marker_of(segment: &str, tokens: &[&str]) -> Option<String> {
+    tokens
+        .iter()
+        .filter(|t| !t.is_empty() && segment.ends_with(**t))
+        .max_by_key(|t| t.len())
+        .map(|t| (*t).to_owned())
+}
+
+/// A region's end and where its bytes come from in the turn rendered last.
+struct End {
+    end: usize,
+    last_start: usize,
+    kept: usize,
+    dropped: usize,
+}
+
+/// The prefix renders of one conversation, each made once.
+struct Locator<'a, R> {
+    full: &'a str,
+    items: &'a [Value],
+    tokens: &'a [&'a str],
+    render: R,
+    prefixes: HashMap<(usize, bool), Rc<str>>,
+    probes: HashMap<usize, Rc<str>>,
+    starts: HashMap<usize, Result<usize, String>>,
+}
+
+impl<R> Locator<'_, R>
+where
+    R: FnMut(&[Value], bool) -> Result<String, ChatError>,
+{
+    fn prefix(&mut self, n: usize, agp: bool) -> Result<Rc<str>, String> {
+        if let Some(text) = self.prefixes.get(&(n, agp)) {
+            return Ok(text.clone());
+        }
+        let text: Rc<str> = (self.render)(&self.items[..n], agp)
+            .map_err(|e| format!("rendering messages[..{n}] failed: {e}"))?
+            .into();
+        self.prefixes.insert((n, agp), text.clone());
+        Ok(text)
+    }
+
+    /// `messages[..=i]` with message `i`'s content and reasoning replaced by the sentinel.
+    fn probe(&mut self, i: usize) -> Result<Rc<str>, String> {
+        if let Some(text) = self.probes.get(&i) {
+            return Ok(text.clone());
+        }
+        let message = replace_fields(&self.items[i], &["content", "reasoning_content", "thinking"], SENTINEL)
+            .ok_or_else(|| format!("message {i} is not plain data"))?;
+        let mut items = self.items[..=i].to_vec();
+        items[i] = message;
+        let text: Rc<str> = (self.render)(&items, false)
+            .map_err(|e| format!("rendering messages[..={i}] with a sentinel content failed: {e}"))?
+            .into();
+        self.probes.insert(i, text.clone());
+        Ok(text)
+    }
+
+    /// Where the generation prompt before message `i` ends in `text` (rules S1, S2).
+    fn header_end(&mut self, i: usize, text: &str) -> Result<usize, String> {
+        let prompt = self.prefix(i, true)?;
+        if text.starts_with(&*prompt) {
+            return Ok(prompt.len());
+        }
+        let before = self.prefix(i, false)?;
+        if !(text.starts_with(&*before) && prompt.starts_with(&*before)) {
+            return Err(format!(
+                "neither the generation prompt after messages[..{i}] nor messages[..{i}] alone is a prefix \
+                 of the rendering (the template rewrites the earlier messages)"
+            ));
+        }
+        let probe = self.probe(i)?;
+        if !probe.starts_with(&*before) {
+            return Err(format!(
+                "messages[..{i}] is not a prefix of the sentinel render of message {i}"
+            ));
+        }
+        let opened = &prompt[before.len()..];
+        let ends = piece_ends(opened, self.tokens);
+        let k =
+            whole_pieces(opened, &ends, &text[before.len()..]).min(whole_pieces(opened, &ends, &probe[before.len()..]));
+        Ok(before.len() + k)
+    }
+
+    /// The region start of message `i` in the full rendering, computed once.
+    fn start(&mut self, i: usize) -> Result<usize, String> {
+        if let Some(s) = self.starts.get(&i) {
+            return s.clone();
+        }
+        let full = self.full;
+        let s = self.header_end(i, full);
+        self.starts.insert(i, s.clone());
+        s
+    }
+
+    /// Where the turn of message `i`, starting at `start` in the full rendering, ends (rules
+    /// E1-E3).
+    fn end(&mut self, i: usize, start: usize) -> Result<End, String> {
+        let full = self.full;
+        let last = self.prefix(i + 1, false)?;
+        if full.starts_with(&*last) && last.len() >= start {
+            return Ok(End {
+                end: last.len(),
+                last_start: start,
+                kept: last.len() - start,
+                dropped: 0,
+            });
+        }
+        // The body: what the turn rendered last shares with the same messages followed by a
+        // generation prompt; what differs is the end of the conversation, not the turn.
+        let next_prompt = self.prefix(i + 1, true)?;
+        let mut body = common_prefix(&last, &next_prompt);
+        if body < last.len() {
+            let from = body.min(start).min(last.len());
+            let from = (0..=from).rev().find(|&k| last.is_char_boundary(k)).unwrap_or(0);
+            body = piece_ends(&last[from..], self.tokens)
+                .into_iter()
+                .map(|e| from + e)
+                .take_while(|&e| e <= body)
+                .last()
+                .unwrap_or(from);
+        }
+        let ends_marked = |text: &str| marker_of(text.trim_end(), self.tokens).is_some();
+        let cut = body < last.len();
+        if cut && body >= start && full.starts_with(&last[..body]) && ends_marked(&full[start..body]) {
+            return Ok(End {
+                end: body,
+                last_start: start,
+                kept: body - start,
+                dropped: 0,
+            });
+        }
+        // E3: the turn as rendered last, with one part left out.
+        let s_last = self.header_end(i, &last)?;
+        if s_last > body {
+            return Err(format!(
+                "the turn of message {i} rendered last ends before its generation prompt"
+            ));
+        }
+        let turn = &last[s_last..body];
+        if cut && !ends_marked(turn) {
+            return Err(format!(
+                "messages[..={i}] rendered alone ends differently and its turn has no end-of-turn token"
+            ));
+        }
+        let rest = &full[start..];
+        let a = common_prefix(turn, rest);
+        let trimmed = turn.trim_end().len();
+        if a >= trimmed {
+            return Err(format!(
+                "messages[..={i}] rendered alone is not a prefix of the full rendering and the turn is not \
+                 rewritten by leaving a part out"
+            ));
+        }
+        let b = (a + 1..trimmed)
+            .filter(|&b| turn.is_char_boundary(b))
+            .find(|&b| rest[a..].starts_with(&turn[b..]))
+            .ok_or_else(|| {
+                format!(
+                    "the turn of message {i} in the full rendering is not its rendering as the last message \
+                     with one part left out"
+                )
+            })?;
+        let end = start + a + (turn.len() - b);
+        let dropped = &turn[a..b];
+        let next = (i + 1..self.items.len()).find(|&j| is_assistant(&self.items[j]));
+        let bound = match next {
+            Some(j) => self.start(j).unwrap_or(full.len()).max(end),
+            None => full.len(),
+        };
+        if full[end..bound].contains(dropped) {
+            return Err(format!(
+                "the part of message {i} that the full rendering leaves out appears after it (moved, not dropped)"
+            ));
+        }
+        Ok(End {
+            end,
+            last_start: s_last,
+            kept: a,
+            dropped: b - a,
+        })
+    }
+}
+
+fn is_assistant(message: &Value) -> bool {
+    let role = message.get_attr("role").ok();
+    role.as_ref().and_then(|r| r.as_str()) == Some("assistant")
+}
+
+/// Locates every assistant message `select` keeps in `full`, the rendering of `items`, by the
+/// rules of this module, with `render(messages, add_generation_prompt)` rendering the prefixes
+/// (the Rust renderer, or any other that renders the same template). `special_tokens` tell
+/// which end of turn is a marker, and cut generation prompts into pieces.
+///
+/// ```
+/// use sftmask::chat::{locate_regions, ChatError, Value};
+/// // Answers as "A:" content "<e>"; the last answer shows its reasoning, earlier ones do not.
+/// fn render(m: &[Value], agp: bool) -> Result<String, ChatError> {
+///     let mut out = String::new();
+///     for (i, msg) in m.iter().enumerate() {
+///         let content = msg.get_attr("content").unwrap().to_string();
+///         if msg.get_attr("role").unwrap().as_str() == Some("user") {
+///             out += &format!("U:{content}<e>");
+///         } else if i + 1 == m.len() {
+///             out += &format!("A:<t>{}</t>{content}<e>", msg.get_attr("reasoning").unwrap());
+///         } else {
+///             out += &format!("A:{content}<e>");
+///         }
+///     }
+///     if agp { out += "A:" }
+///     Ok(out)
+/// }
+/// let m: Vec<Value> = serde_json::from_str(r#"[{"role": "user", "content": "q"},
+///     {"role": "assistant", "content": "a", "reasoning": "r"}, {"role": "user", "content": "q2"}]"#).unwrap();
+/// let full = render(&m, false).unwrap();
+/// assert_eq!(full, "U:q<e>A:a<e>U:q2<e>");
+/// let regions = locate_regions(&full, &m, &["<e>", "<t>", "</t>"], |_, _| true, render).unwrap();
+/// // Found in the text trained on, although rendered last the turn is "<t>r</t>a<e>".
+/// assert_eq!(&full[regions[0].start..regions[0].end], "a<e>");
+/// assert_eq!(regions[0].dropped, "<t>r</t>".len());
+/// ```
+///
+/// # Errors
+/// [`ChatError::NotLocated`] for the first selected message no rule locates exactly.
+pub fn locate_regions<R>(
+    full: &str,
+    items: &[Value],
+    special_tokens: &[&str],
+    select: impl Fn(usize, &Value) -> bool,
+    render: R,
+) -> Result<Vec<Region>, ChatError>
+where
+    R: FnMut(&[Value], bool) -> Result<String, ChatError>,
+{
+    let mut loc = Locator {
+        full,
+        items,
+        tokens: special_tokens,
+        render,
+        prefixes: HashMap::new(),
+        probes: HashMap::new(),
+        starts: HashMap::new(),
+    };
+    let mut regions = Vec::new();
+    for (i, message) in items.iter().enumerate() {
+        if !is_assistant(message) || !select(i, message) {
+            continue;
+        }
+        let not_located = |reason: String| ChatError::NotLocated { message: i, reason };
+        let start = loc.start(i).map_err(not_located)?;
+        let e = loc.end(i, start).map_err(not_located)?;
+        let segment = full[start..e.end].trim_end();
+        regions.push(Region {
+            message: i,
+            start,
+            end: start + segment.len(),
+            marker: marker_of(segment, special_tokens),
+            last_start: e.last_start,
+            kept: e.kept.min(segment.len()),
+            dropped: e.dropped,
+        });
+    }
+    Ok(regions)
 }
 
 impl ChatTemplate {
@@ -86,46 +511,52 @@ impl ChatTemplate {
             .try_iter()
             .map_err(|e| ChatError::Unsupported(format!("messages is not a list: {e}")))?
             .collect();
-        let mut regions = Vec::new();
-        for (i, message) in items.iter().enumerate() {
-            let role = message.get_attr("role").ok();
-            if role.as_ref().and_then(|r| r.as_str()) != Some("assistant") || !select(i, message) {
-                continue;
-            }
-            let not_located = |reason: String| ChatError::NotLocated { message: i, reason };
-            let prefix = |n: usize, agp: bool| {
-                self.render(&Value::from(items[..n].to_vec()), tools, extra, agp)
-                    .map_err(|e| not_located(format!("rendering messages[..{n}] failed: {e}")))
-            };
-            let prompt = prefix(i, true)?;
-            if !full.starts_with(&prompt) {
-                return Err(not_located(format!(
-                    "the generation prompt after messages[..{i}] is not a prefix of the full rendering"
-                )));
-            }
-            let turn = prefix(i + 1, false)?;
-            if !full.starts_with(&turn) {
-                return Err(not_located(format!(
-                    "messages[..={i}] rendered alone is not a prefix of the full rendering"
-                )));
-            }
-            if turn.len() < prompt.len() {
-                return Err(not_located("the turn ends before its generation prompt".into()));
-            }
-            let start = prompt.len();
-            let segment = full[start..turn.len()].trim_end();
-            let marker = special_tokens
-                .iter()
-                .filter(|t| !t.is_empty() && segment.ends_with(**t))
-                .max_by_key(|t| t.len())
-                .map(|t| (*t).to_owned());
-            regions.push(Region {
-                message: i,
-                start,
-                end: start + segment.len(),
-                marker,
-            });
-        }
+        let render = |m: &[Value], agp: bool| self.render(&Value::from(m.to_vec()), tools, extra, agp);
+        let regions = locate_regions(&full, &items, special_tokens, select, render)?;
         Ok((full, regions))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cut_at_tokens_and_whitespace() {
+        let ends = piece_ends("<|a|>model\n<t>\n", &["<|a|>", "<t>"]);
+        assert_eq!(ends, vec![5, 10, 11, 14, 15]);
+        // Without the tokens: words, whitespace runs, one piece per other character.
+        assert_eq!(piece_ends("<t:x>  y", &[]), vec![1, 2, 3, 4, 5, 7, 8]);
+        assert_eq!(whole_pieces("<|a|>model\n<t>\n", &ends, "<|a|>model\nhello"), 11);
+        // A text that starts like a piece, but not with all of it, stops before that piece.
+        assert_eq!(
+            whole_pieces(
+                "<|a|>Here are\n",
+                &piece_ends("<|a|>Here are\n", &["<|a|>"]),
+                "<|a|>Hello"
+            ),
+            5
+        );
+    }
+
+    #[test]
+    fn from_last_maps_around_the_dropped_part() {
+        let r = Region {
+            message: 0,
+            start: 100,
+            end: 110,
+            marker: None,
+            last_start: 50,
+            kept: 2,
+            dropped: 5,
+        };
+        assert_eq!(r.from_last(50), Some(100));
+        assert_eq!(r.from_last(52), Some(102));
+        assert_eq!(r.from_last(54), None);
+        assert_eq!(r.from_last(57), Some(102));
+        assert_eq!(r.from_last(58), Some(103));
+        assert_eq!(r.from_last(65), Some(110));
+        assert_eq!(r.from_last(66), None);
+        assert_eq!(r.from_last(49), None);
     }
 }
