@@ -126,32 +126,35 @@ class _Rule:
             return len(h)
         if not self.extended:
             raise NotLocated("the message rendered last is not a prefix")
-        # The body: what H shares with H followed by a generation prompt, cut at a piece end.
-        body = _lcp(h, self.r(i + 1, True))
-        cut = body < len(h)
-        if cut:
-            base = min(body, start)
-            ends = [base + e for e in piece_ends(h[base:], self.tokens) if base + e <= body]
-            body = ends[-1] if ends else base
-        if cut and body >= start and full.startswith(h[:body]) and _marker(full[start:body].rstrip(), self.tokens):
-            return body  # E2: an end-of-conversation suffix cut away
-        # E3: the turn rendered last, with one contiguous part left out.
-        s = self.header_end(i, h)
-        if s > body:
-            raise NotLocated("the last turn ends before its prompt")
-        turn = h[s:body]
-        if cut and not _marker(turn.rstrip(), self.tokens):
-            raise NotLocated("a cut turn without an end-of-turn token")
+        # X: the messages through i followed by a generation prompt, less the prompt found before i.
+        g, p, nxt = self.r(i, True), self.r(i, False), self.r(i + 1, True)
+        x = None
+        if g.startswith(p) and nxt.endswith(g[len(p) :]):
+            x = nxt[: len(nxt) - (len(g) - len(p))]
+        if x is not None and full.startswith(x) and len(x) >= start:  # E2
+            return len(x)
+        # E2, second form: the body H shares with H followed by a prompt, cut at a piece end.
+        shared = _lcp(h, nxt)
+        if start <= shared < len(h):
+            ends = [start + e for e in piece_ends(h[start:], self.tokens) if start + e <= shared]
+            body = ends[-1] if ends else start
+            if full.startswith(h[:body]) and _marker(full[start:body].rstrip(), self.tokens):
+                return body
+        # E3: the turn of X (else of H) with one contiguous part left out.
+        ref = h if x is None else x
+        turn = ref[self.header_end(i, ref) :]
         rest = full[start:]
         a = _lcp(turn, rest)
         keep_to = len(turn.rstrip())
         if a >= keep_to:
-            raise NotLocated("not rewritten by leaving a part out")
+            if not _marker(turn.rstrip(), self.tokens):
+                raise NotLocated("the turn reappears whole but has no end-of-turn token")
+            return start + keep_to
         for b in range(a + 1, keep_to):
             if rest.startswith(turn[b:], a):
                 break
         else:
-            raise NotLocated("no part of the last rendering is left out")
+            raise NotLocated("not the turn with one part left out")
         e = start + a + len(turn) - b
         later = [j for j in range(i + 1, len(self.messages)) if self.messages[j].get("role") == "assistant"]
         bound = len(full)

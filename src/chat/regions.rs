@@ -18,19 +18,24 @@
 //! **End** (the turn's last non-whitespace byte, its end-of-turn marker if it has one):
 //! * E1: `H = R(i+1)` is a prefix of `F` (and no shorter than the start): the turn ends where
 //!   `H` ends.
-//! * E2 (an end-of-conversation suffix, Phi-3's `<|endoftext|>`): the *body* `B` of `H` is what
-//!   `H` and `render(messages[..=i], add_generation_prompt=true)` share, cut back to a piece
-//!   boundary; `B` is a prefix of `F`, and the turn in `B` ends with a special token (so the
-//!   suffix cut away is not the turn's own marker): the turn ends where `B` ends.
+//! * E2 (the turn ends otherwise when it is the last one: Phi-3 appends `<|endoftext|>`, GPT-OSS
+//!   ends the last answer with `<|return|>` and the others with `<|end|>`): `X`, the rendering
+//!   of `messages[..=i]` with a generation prompt less that same generation prompt `g`, is a
+//!   prefix of `F`: the turn ends where `X` ends. Or (where no such prompt is found, as with
+//!   Phi-3, whose every rendering ends with the eos) the *body* of `H`, what `H` and
+//!   `render(messages[..=i], add_generation_prompt=true)` share cut back to a piece end, is a
+//!   prefix of `F` no shorter than the start, and the turn in it ends with a special token (so
+//!   the part cut away is the end of the conversation, not the turn's own marker).
 //! * E3 (history drops part of an earlier turn: Qwen3 and DeepSeek-R1 drop its reasoning,
 //!   GPT-OSS its analysis channel, GLM-4.6 the reasoning inside `<think></think>`): the turn as
-//!   rendered last, `T = B[s..]` (`s` its start in `H` by S1/S2), must reappear in `F` from the
-//!   region start with one contiguous part `D` left out: `F` continues with `T[..a]` (`a` the
-//!   longest common prefix) and then with the longest suffix `T[b..]` (`b > a`) that `F`
+//!   rendered in `X` (else in `H`), `T = X[s..]` with `s` its start there by S1/S2, reappears in
+//!   `F` from the region start with one contiguous part `D` left out: `F` continues with `T[..a]`
+//!   (`a` the longest common prefix) and then with the longest suffix `T[b..]` (`b > a`) that `F`
 //!   continues with there, which must still hold `T`'s last non-whitespace byte. `D = T[a..b]`
 //!   must not occur between the region's end and the start of the next assistant message (or
 //!   the end of `F`): a part that moved (Gemma 4 writes a tool-calling answer after the tool
-//!   results) is not a dropped part.
+//!   results) is not a dropped part. When `F` continues with all of `T` up to its last
+//!   non-whitespace byte (only the header differed), that byte must end a special token.
 //!
 //! Every region is checked byte for byte against renders of the same conversation, so a region
 //! is exact or not given at all: a turn no rule locates gives [`ChatError::NotLocated`] for that
@@ -45,7 +50,7 @@ use super::{ChatError, ChatTemplate, Value};
 /// One assistant message's bytes in the full rendering.
 ///
 /// ```
-/// let r = sftmask::chat::Region { message: 1, start: 10, end: 20, marker: None, last_start: 10, kept: 10, dropped: 0 };
+/// let r = sftmask::chat::Region { message: 1, start: 10, end: 20, marker: None, last_start: 10, kept: 10, dropped: 0, last_agrees: 30 };
 /// assert_eq!(r.end - r.start, 10);
 /// assert_eq!(r.from_last(15), Some(15));
 /// ```
@@ -67,6 +72,9 @@ pub struct Region {
     pub kept: usize,
     /// Bytes of the turn rendered last that the full rendering leaves out.
     pub dropped: usize,
+    /// The mapping holds for bytes of `render(messages[..=i])` before this offset (where the
+    /// turn is taken from its rendering followed by a generation prompt, the two agree so far).
+    pub last_agrees: usize,
 }
 
 impl Region {
@@ -75,11 +83,14 @@ impl Region {
     ///
     /// ```
     /// // "<think>r</think>" (16 bytes) dropped: last "A:<think>r</think>ok", full "A:ok".
-    /// let r = sftmask::chat::Region { message: 0, start: 2, end: 4, marker: None, last_start: 2, kept: 0, dropped: 16 };
+    /// let r = sftmask::chat::Region { message: 0, start: 2, end: 4, marker: None, last_start: 2, kept: 0, dropped: 16, last_agrees: 24 };
     /// assert_eq!(r.from_last(18), Some(2)); // "ok" starts at 18 in the last rendering
     /// assert_eq!(r.from_last(5), None);     // inside the dropped reasoning
     /// ```
     pub fn from_last(&self, at: usize) -> Option<usize> {
+        if at >= self.last_agrees {
+            return None;
+        }
         let len = self.end - self.start;
         let off = at.checked_sub(self.last_start)?;
         if off <= self.kept {
@@ -208,6 +219,7 @@ struct End {
     last_start: usize,
     kept: usize,
     dropped: usize,
+    agrees: usize,
 }
 
 /// The prefix renders of one conversation, each made once.
@@ -289,6 +301,19 @@ where
         s
     }
 
+    /// The conversation through message `i` as it is written when something follows it:
+    /// `render(messages[..=i], add_generation_prompt=true)` less the generation prompt found
+    /// before message `i` (`None` when that rendering does not end with it).
+    fn followed(&mut self, i: usize) -> Result<Option<Rc<str>>, String> {
+        let prompt = self.prefix(i, true)?;
+        let before = self.prefix(i, false)?;
+        let Some(opened) = prompt.strip_prefix(&*before) else {
+            return Ok(None);
+        };
+        let next = self.prefix(i + 1, true)?;
+        Ok(next.strip_suffix(opened).map(Rc::from))
+    }
+
     /// Where the turn of message `i`, starting at `start` in the full rendering, ends (rules
     /// E1-E3).
     fn end(&mut self, i: usize, start: usize) -> Result<End, String> {
@@ -300,61 +325,77 @@ where
                 last_start: start,
                 kept: last.len() - start,
                 dropped: 0,
+                agrees: last.len(),
             });
         }
-        // The body: what the turn rendered last shares with the same messages followed by a
-        // generation prompt; what differs is the end of the conversation, not the turn.
+        let followed = self.followed(i)?;
+        if let Some(x) = followed.as_deref() {
+            if full.starts_with(x) && x.len() >= start {
+                return Ok(End {
+                    end: x.len(),
+                    last_start: start,
+                    kept: x.len() - start,
+                    dropped: 0,
+                    agrees: common_prefix(&last, x),
+                });
+            }
+        }
+        // E2, second form: what the turn rendered last shares with the same messages followed by
+        // a generation prompt, cut back to a piece end (Phi-3's eos is written after every last
+        // message, so no prompt found before message `i` is a prefix of anything here). The cut
+        // must leave the turn ending in a special token: the part cut away is then the end of
+        // the conversation, not the turn's own marker.
         let next_prompt = self.prefix(i + 1, true)?;
-        let mut body = common_prefix(&last, &next_prompt);
-        if body < last.len() {
-            let from = body.min(start).min(last.len());
-            let from = (0..=from).rev().find(|&k| last.is_char_boundary(k)).unwrap_or(0);
-            body = piece_ends(&last[from..], self.tokens)
+        let shared = common_prefix(&last, &next_prompt);
+        if shared < last.len() && shared >= start {
+            let body = piece_ends(&last[start..], self.tokens)
                 .into_iter()
-                .map(|e| from + e)
-                .take_while(|&e| e <= body)
+                .map(|e| start + e)
+                .take_while(|&e| e <= shared)
                 .last()
-                .unwrap_or(from);
+                .unwrap_or(start);
+            if full.starts_with(&last[..body]) && marker_of(full[start..body].trim_end(), self.tokens).is_some() {
+                return Ok(End {
+                    end: body,
+                    last_start: start,
+                    kept: body - start,
+                    dropped: 0,
+                    agrees: body,
+                });
+            }
         }
-        let ends_marked = |text: &str| marker_of(text.trim_end(), self.tokens).is_some();
-        let cut = body < last.len();
-        if cut && body >= start && full.starts_with(&last[..body]) && ends_marked(&full[start..body]) {
-            return Ok(End {
-                end: body,
-                last_start: start,
-                kept: body - start,
-                dropped: 0,
-            });
-        }
-        // E3: the turn as rendered last, with one part left out.
-        let s_last = self.header_end(i, &last)?;
-        if s_last > body {
-            return Err(format!(
-                "the turn of message {i} rendered last ends before its generation prompt"
-            ));
-        }
-        let turn = &last[s_last..body];
-        if cut && !ends_marked(turn) {
-            return Err(format!(
-                "messages[..={i}] rendered alone ends differently and its turn has no end-of-turn token"
-            ));
-        }
+        // E3: the turn as written when followed (else as written last), with one part left out.
+        let reference = followed.unwrap_or_else(|| last.clone());
+        let agrees = common_prefix(&last, &reference);
+        let s_ref = self.header_end(i, &reference)?;
+        let turn = &reference[s_ref..];
         let rest = &full[start..];
         let a = common_prefix(turn, rest);
         let trimmed = turn.trim_end().len();
         if a >= trimmed {
-            return Err(format!(
-                "messages[..={i}] rendered alone is not a prefix of the full rendering and the turn is not \
-                 rewritten by leaving a part out"
-            ));
+            // The whole turn reappears (only its header differs): exact when it ends with an
+            // end-of-turn token, after which nothing of the turn can follow.
+            if marker_of(turn.trim_end(), self.tokens).is_none() {
+                return Err(format!(
+                    "the turn of message {i} reappears in the full rendering without an end-of-turn token to \
+                     show where it ends"
+                ));
+            }
+            return Ok(End {
+                end: start + trimmed,
+                last_start: s_ref,
+                kept: trimmed,
+                dropped: 0,
+                agrees,
+            });
         }
         let b = (a + 1..trimmed)
             .filter(|&b| turn.is_char_boundary(b))
             .find(|&b| rest[a..].starts_with(&turn[b..]))
             .ok_or_else(|| {
                 format!(
-                    "the turn of message {i} in the full rendering is not its rendering as the last message \
-                     with one part left out"
+                    "messages[..={i}] rendered alone is not a prefix of the full rendering, and the turn there is \
+                     not its own rendering with one part left out"
                 )
             })?;
         let end = start + a + (turn.len() - b);
@@ -371,9 +412,10 @@ where
         }
         Ok(End {
             end,
-            last_start: s_last,
+            last_start: s_ref,
             kept: a,
             dropped: b - a,
+            agrees,
         })
     }
 }
@@ -454,6 +496,7 @@ where
             last_start: e.last_start,
             kept: e.kept.min(segment.len()),
             dropped: e.dropped,
+            last_agrees: e.agrees,
         });
     }
     Ok(regions)
@@ -549,6 +592,7 @@ mod tests {
             last_start: 50,
             kept: 2,
             dropped: 5,
+            last_agrees: 100,
         };
         assert_eq!(r.from_last(50), Some(100));
         assert_eq!(r.from_last(52), Some(102));
