@@ -163,7 +163,9 @@ class _Rule:
                 bound = max(self.header_end(later[0], full), e)
             except NotLocated:
                 pass
-        if turn[a:b] in full[e:bound]:
+        dropped, after = turn[a:b], full[e:bound]
+        texts = [v for k in _FIELDS if isinstance(v := self.messages[i].get(k), str) and v and v in dropped]
+        if dropped in after or any(v in after for v in texts):
             raise NotLocated("the left-out part moved")
         return e
 

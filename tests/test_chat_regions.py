@@ -120,3 +120,69 @@ if __name__ == "__main__":
         totals.update(c)
         print(f"{name:60} {status} {dict(c)}")
     print(dict(totals))
+
+
+def _region_texts(name: str, messages: list[dict[str, Any]]) -> list[str]:
+    [(kind, text, regions)] = rust(name, [{"messages": messages, "tools": None}])
+    assert kind == "ok", text
+    raw = text.encode()
+    return [raw[s:e].decode() for _, s, e, _ in regions]
+
+
+EXCHANGES = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!", "reasoning_content": "Greet back."},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4", "reasoning_content": "Add."},
+]
+
+
+def test_rewritten_history_hand_checked() -> None:
+    # Qwen3 drops the reasoning of answers before the last question: the earlier region is the
+    # answer as the text shows it (E3), the last one keeps its reasoning.
+    assert _region_texts("trl/qwen3", EXCHANGES) == [
+        "Hello!<|im_end|>",
+        "<think>\nAdd.\n</think>\n\n4<|im_end|>",
+    ]
+    # DeepSeek-R1's prompt opens "<think>\n", which the text never continues with (S2): regions
+    # start after <｜Assistant｜>.
+    plain = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in EXCHANGES]
+    eos = "<｜end▁of▁sentence｜>"
+    assert _region_texts("llama_cpp/deepseek-ai-DeepSeek-R1-Distill-Llama-8B", plain) == [f"Hello!{eos}", f"4{eos}"]
+    # Phi-3 writes its eos after the last message only (E2): the earlier turn ends at <|end|>.
+    assert _region_texts("trl/phi3", plain) == ["Hello!<|end|>", "4<|end|>\n<|endoftext|>"]
+    # GPT-OSS ends the last answer with <|return|>, the others with <|end|> (E2).
+    first, last = _region_texts("trl/gptoss", plain)
+    assert (first, last) == ("<|channel|>final<|message|>Hello!<|end|>", "<|channel|>final<|message|>4<|return|>")
+
+
+def test_moved_part_is_not_located() -> None:
+    # A template that writes an earlier answer's reasoning after the next question: the earlier
+    # turn in the text is its last rendering with the reasoning left out, but the reasoning moved
+    # rather than dropped, so the turn has no exact region.
+    source = (
+        "{% for m in messages %}"
+        "{% if m.role == 'user' %}<u>{{ m.content }}"
+        "{% if not loop.first %}{{ messages[loop.index0 - 1].reasoning_content }}{% endif %}"
+        "{% elif loop.last %}<a><r>{{ m.reasoning_content }}</r>{{ m.content }}</a>"
+        "{% else %}<a>{{ m.content }}</a>{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+    )
+    template = _core.ChatTemplate(source)
+    messages = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "x", "reasoning_content": "why"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "y", "reasoning_content": "because"},
+    ]
+    tokens = ["<u>", "<a>", "</a>", "<r>", "</r>"]
+    [(kind, text, _)] = template.regions(json.dumps([{"messages": messages, "tools": None}]), tokens)
+    assert kind == "not_located" and "moved" in text, text
+    # The same template with the reasoning dropped for good: located.
+    dropped = source.replace("{{ messages[loop.index0 - 1].reasoning_content }}", "")
+    [(kind, text, regions)] = _core.ChatTemplate(dropped).regions(
+        json.dumps([{"messages": messages, "tools": None}]), tokens
+    )
+    assert kind == "ok", text
+    raw = text.encode()
+    assert [raw[s:e].decode() for _, s, e, _ in regions] == ["x</a>", "<r>because</r>y</a>"]

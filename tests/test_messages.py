@@ -249,7 +249,7 @@ def test_max_length_truncation_is_counted() -> None:
     assert out["labels"] == [labels[:n] for labels in full["labels"]]
 
 
-# One exchange: these templates drop earlier turns' reasoning, so earlier turns are not located.
+# One exchange, reasoning in the last answer (kept by the templates that drop earlier reasoning).
 THINKING = [
     {"role": "system", "content": "Think first."},
     {"role": "user", "content": "3+3?"},
@@ -280,6 +280,26 @@ def test_reasoning_mask_trains_answer_and_marker_only(name: str) -> None:
     # end-of-turn marker are trained either way.
     assert "Add 3 and 3" in trained and trained.endswith(masked)
     assert masked.startswith("6.") and "Add" not in masked and "think" not in masked
+
+
+@pytest.mark.parametrize("name", ["llama_cpp/Qwen-Qwen3-0.6B", "trl/qwen3"])
+def test_reasoning_mask_in_rewritten_history(name: str) -> None:
+    # Qwen3 drops the earlier answer's reasoning from the text: its region is located in the text
+    # (rule E3), and reasoning="mask" finds the content's start through the part left out.
+    tok = tokenizer_for(name)
+    two = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "reasoning_content": "Greet back."},
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6.", "reasoning_content": "Add 3 and 3."},
+    ]
+    out, stats = sftmask.tokenize_and_mask([two], tok, return_stats=True)
+    assert stats.rows_not_located == 0
+    trained = _trained_text(tok, out["labels"][0])
+    assert trained[0] == "Hello!<|im_end|>" and "Add 3 and 3." in trained[1]
+    masked = sftmask.tokenize_and_mask([two], tok, reasoning="mask")
+    assert masked["input_ids"] == out["input_ids"]
+    assert _trained_text(tok, masked["labels"][0]) == ["Hello!<|im_end|>", "6.<|im_end|>"]
 
 
 def test_reasoning_mask_where_the_template_transforms_content_is_an_error() -> None:

@@ -31,10 +31,11 @@
 //!   rendered in `X` (else in `H`), `T = X[s..]` with `s` its start there by S1/S2, reappears in
 //!   `F` from the region start with one contiguous part `D` left out: `F` continues with `T[..a]`
 //!   (`a` the longest common prefix) and then with the longest suffix `T[b..]` (`b > a`) that `F`
-//!   continues with there, which must still hold `T`'s last non-whitespace byte. `D = T[a..b]`
-//!   must not occur between the region's end and the start of the next assistant message (or
-//!   the end of `F`): a part that moved (Gemma 4 writes a tool-calling answer after the tool
-//!   results) is not a dropped part. When `F` continues with all of `T` up to its last
+//!   continues with there, which must still hold `T`'s last non-whitespace byte. Neither
+//!   `D = T[a..b]` nor any of the message's texts (content, reasoning) that `D` holds may occur
+//!   between the region's end and the start of the next assistant message (or the end of `F`):
+//!   a part that moved (Gemma 4 writes a tool-calling answer after the tool results) is not a
+//!   dropped part. When `F` continues with all of `T` up to its last
 //!   non-whitespace byte (only the header differed), that byte must end a special token.
 //!
 //! Every region is checked byte for byte against renders of the same conversation, so a region
@@ -405,7 +406,14 @@ where
             Some(j) => self.start(j).unwrap_or(full.len()).max(end),
             None => full.len(),
         };
-        if full[end..bound].contains(dropped) {
+        // A message text inside the left-out part that reappears later moved with it.
+        let fields: Vec<String> = ["content", "reasoning_content", "thinking"]
+            .iter()
+            .filter_map(|k| self.items[i].get_attr(k).ok()?.as_str().map(str::to_owned))
+            .filter(|f| !f.is_empty() && dropped.contains(f.as_str()))
+            .collect();
+        let after = &full[end..bound];
+        if after.contains(dropped) || fields.iter().any(|f| after.contains(f.as_str())) {
             return Err(format!(
                 "the part of message {i} that the full rendering leaves out appears after it (moved, not dropped)"
             ));
