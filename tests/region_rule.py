@@ -83,6 +83,20 @@ class _Rule:
     def __init__(self, render: Render, messages: list[dict[str, Any]], tokens: list[str], full: str, extended: bool):
         self.render, self.messages, self.tokens, self.full, self.extended = render, messages, tokens, full, extended
         self.cache: dict[tuple[int, bool], str] = {}
+        #: S3: (index in ``full``, text) of the parts located turns leave out.
+        self.drops: list[tuple[int, str]] = []
+        self.last_drop: tuple[int, str] | None = None
+
+    def without_drops(self, text: str) -> str:
+        """``text`` less each part an earlier turn leaves out, where it sits at that place."""
+        out, at, shift = [], 0, 0
+        for p, part in self.drops:
+            pos = p + shift
+            if pos >= at and text.startswith(part, pos):
+                out.append(text[at:pos])
+                at, shift = pos + len(part), shift + len(part)
+        out.append(text[at:])
+        return "".join(out)
 
     def r(self, n: int, agp: bool) -> str:
         if (n, agp) not in self.cache:
@@ -90,7 +104,7 @@ class _Rule:
                 self.cache[n, agp] = self.render(self.messages[:n], agp)
             except Exception as e:
                 raise NotLocated(f"rendering messages[:{n}] failed: {e}") from None
-        return self.cache[n, agp]
+        return self.without_drops(self.cache[n, agp])
 
     def sentinel(self, i: int) -> str:
         m = dict(self.messages[i])
@@ -98,7 +112,7 @@ class _Rule:
             if isinstance(m.get(k), str):
                 m[k] = SENTINEL
         try:
-            return self.render([*self.messages[:i], m], False)
+            return self.without_drops(self.render([*self.messages[:i], m], False))
         except Exception as e:
             raise NotLocated(f"sentinel render failed: {e}") from None
 
@@ -167,6 +181,7 @@ class _Rule:
         texts = [v for k in _FIELDS if isinstance(v := self.messages[i].get(k), str) and v and v in dropped]
         if dropped in after or any(v in after for v in texts):
             raise NotLocated("the left-out part moved")
+        self.last_drop = (start + a, dropped)
         return e
 
 
@@ -196,10 +211,13 @@ def select_regions(
         if message.get("role") != "assistant" or (selected is not None and i not in selected):
             continue
         try:
+            rule.last_drop = None
             start = rule.header_end(i, full)
             stop = rule.end(i, start)
         except NotLocated:
             return "not_located", i
+        if rule.last_drop is not None:
+            rule.drops.append(rule.last_drop)
         segment = full[start:stop].rstrip()
         b0 = len(full[:start].encode())
         regions.append((i, b0, b0 + len(segment.encode()), _marker(segment, tokens)))

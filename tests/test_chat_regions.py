@@ -154,6 +154,22 @@ def test_rewritten_history_hand_checked() -> None:
     # GPT-OSS ends the last answer with <|return|>, the others with <|end|> (E2).
     first, last = _region_texts("trl/gptoss", plain)
     assert (first, last) == ("<|channel|>final<|message|>Hello!<|end|>", "<|channel|>final<|message|>4<|return|>")
+    # GPT-OSS writes a tool-calling turn's analysis until a final answer follows (S3): the answer
+    # after the tool result is located once the call's turn, without its analysis, is.
+    call = {"type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}
+    tool_turn = [
+        {"role": "user", "content": "1+2?"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [call]},
+        {"role": "tool", "content": "3"},
+        {"role": "assistant", "content": "3."},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "Yes."},
+    ]
+    assert _region_texts("trl/gptoss", tool_turn) == [
+        ' to=functions.add<|channel|>commentary json<|message|>{"a": 1, "b": 2}<|call|>',
+        "<|channel|>final<|message|>3.<|end|>",
+        "<|channel|>final<|message|>Yes.<|return|>",
+    ]
 
 
 def test_moved_part_is_not_located() -> None:

@@ -15,6 +15,11 @@
 //!   content and reasoning replaced by a sentinel) continues with too, so that an answer that
 //!   happens to begin like the prompt's tail is never counted as prompt.
 //!
+//! * S3 (an earlier turn is written in full until a later message follows, as GPT-OSS keeps a
+//!   tool-calling turn's analysis channel until a final answer exists): every render above is
+//!   compared without the parts that earlier turns, located by E3, leave out of `F` — each
+//!   removed only where it sits, byte for byte, at the place `F` leaves it out.
+//!
 //! **End** (the turn's last non-whitespace byte, its end-of-turn marker if it has one):
 //! * E1: `H = R(i+1)` is a prefix of `F` (and no shorter than the start): the turn ends where
 //!   `H` ends.
@@ -221,6 +226,8 @@ struct End {
     kept: usize,
     dropped: usize,
     agrees: usize,
+    /// The text left out (rule E3), empty otherwise.
+    part: String,
 }
 
 /// The prefix renders of one conversation, each made once.
@@ -232,6 +239,8 @@ struct Locator<'a, R> {
     prefixes: HashMap<(usize, bool), Rc<str>>,
     probes: HashMap<usize, Rc<str>>,
     starts: HashMap<usize, Result<usize, String>>,
+    /// The parts located turns leave out (rule S3): where in the full rendering, and the text.
+    drops: Vec<(usize, String)>,
 }
 
 impl<R> Locator<'_, R>
@@ -240,19 +249,39 @@ where
 {
     fn prefix(&mut self, n: usize, agp: bool) -> Result<Rc<str>, String> {
         if let Some(text) = self.prefixes.get(&(n, agp)) {
-            return Ok(text.clone());
+            return Ok(self.adjust(text));
         }
         let text: Rc<str> = (self.render)(&self.items[..n], agp)
             .map_err(|e| format!("rendering messages[..{n}] failed: {e}"))?
             .into();
         self.prefixes.insert((n, agp), text.clone());
-        Ok(text)
+        Ok(self.adjust(&text))
+    }
+
+    /// `text` less the parts earlier located turns leave out (rule S3), each removed only where
+    /// it sits byte for byte at the place the full rendering leaves it out.
+    fn adjust(&self, text: &Rc<str>) -> Rc<str> {
+        if self.drops.is_empty() {
+            return text.clone();
+        }
+        let mut out = String::with_capacity(text.len());
+        let (mut at, mut shift) = (0, 0);
+        for (p, part) in &self.drops {
+            let pos = p + shift;
+            if pos >= at && text.get(pos..).is_some_and(|rest| rest.starts_with(part.as_str())) {
+                out.push_str(&text[at..pos]);
+                at = pos + part.len();
+                shift += part.len();
+            }
+        }
+        out.push_str(&text[at..]);
+        out.into()
     }
 
     /// `messages[..=i]` with message `i`'s content and reasoning replaced by the sentinel.
     fn probe(&mut self, i: usize) -> Result<Rc<str>, String> {
         if let Some(text) = self.probes.get(&i) {
-            return Ok(text.clone());
+            return Ok(self.adjust(text));
         }
         let message = replace_fields(&self.items[i], &["content", "reasoning_content", "thinking"], SENTINEL)
             .ok_or_else(|| format!("message {i} is not plain data"))?;
@@ -262,7 +291,7 @@ where
             .map_err(|e| format!("rendering messages[..={i}] with a sentinel content failed: {e}"))?
             .into();
         self.probes.insert(i, text.clone());
-        Ok(text)
+        Ok(self.adjust(&text))
     }
 
     /// Where the generation prompt before message `i` ends in `text` (rules S1, S2).
@@ -326,6 +355,7 @@ where
                 last_start: start,
                 kept: last.len() - start,
                 dropped: 0,
+                part: String::new(),
                 agrees: last.len(),
             });
         }
@@ -337,6 +367,7 @@ where
                     last_start: start,
                     kept: x.len() - start,
                     dropped: 0,
+                    part: String::new(),
                     agrees: common_prefix(&last, x),
                 });
             }
@@ -361,6 +392,7 @@ where
                     last_start: start,
                     kept: body - start,
                     dropped: 0,
+                    part: String::new(),
                     agrees: body,
                 });
             }
@@ -387,6 +419,7 @@ where
                 last_start: s_ref,
                 kept: trimmed,
                 dropped: 0,
+                part: String::new(),
                 agrees,
             });
         }
@@ -424,6 +457,7 @@ where
             kept: a,
             dropped: b - a,
             agrees,
+            part: dropped.to_owned(),
         })
     }
 }
@@ -486,6 +520,7 @@ where
         prefixes: HashMap::new(),
         probes: HashMap::new(),
         starts: HashMap::new(),
+        drops: Vec::new(),
     };
     let mut regions = Vec::new();
     for (i, message) in items.iter().enumerate() {
@@ -495,16 +530,26 @@ where
         let not_located = |reason: String| ChatError::NotLocated { message: i, reason };
         let start = loc.start(i).map_err(not_located)?;
         let e = loc.end(i, start).map_err(not_located)?;
+        // `last_start` and `last_agrees` count in render(messages[..=i]) as rendered, which
+        // still holds the parts earlier turns leave out (all before this turn).
+        let adjusted = loc.prefix(i + 1, false).map_err(not_located)?.len();
+        let removed = loc.prefixes.get(&(i + 1, false)).map_or(0, |raw| raw.len() - adjusted);
+        if !e.part.is_empty() {
+            // Later prefix renders still hold this part where the full rendering leaves it out:
+            // they are compared without it (rule S3), and starts found before are found again.
+            loc.drops.push((start + e.kept, e.part.clone()));
+            loc.starts.clear();
+        }
         let segment = full[start..e.end].trim_end();
         regions.push(Region {
             message: i,
             start,
             end: start + segment.len(),
             marker: marker_of(segment, special_tokens),
-            last_start: e.last_start,
+            last_start: e.last_start + removed,
             kept: e.kept.min(segment.len()),
             dropped: e.dropped,
-            last_agrees: e.agrees,
+            last_agrees: e.agrees + removed,
         });
     }
     Ok(regions)
