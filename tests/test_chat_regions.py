@@ -1,9 +1,10 @@
 """Assistant regions located in Rust equal the SPEC's rule computed here with transformers.
 
 Truth (a) of issue 10: the rule of docs/masking.md rule 45 (start: S1 the generation prompt is a
-prefix, S2 the whole pieces of a prompt that opens a block; end: E1 the message rendered last is
-a prefix, E2 an end-of-conversation suffix cut away, E3 a turn the history rewrites by leaving one
-part out), implemented independently in ``tests/region_rule.py`` and run with transformers' own
+prefix, S2 the whole pieces of a prompt that opens a block, S3 renders compared without the parts
+earlier turns leave out; end: E1 the message rendered last is a prefix, E2 the turn as written
+when followed, or less an end-of-conversation suffix, E3 a turn the history rewrites by leaving
+one part out), implemented independently in ``tests/region_rule.py`` and run with transformers' own
 renderer. It is compared with ``ChatTemplate::render_with_regions`` (byte offsets) on every
 template and conversation of the corpus.
 
