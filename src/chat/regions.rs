@@ -264,17 +264,26 @@ where
         if self.drops.is_empty() {
             return text.clone();
         }
-        let mut out = String::with_capacity(text.len());
+        let mut cuts = Vec::new();
         let (mut at, mut shift) = (0, 0);
         for (p, part) in &self.drops {
             let pos = p + shift;
             if pos >= at && text.get(pos..).is_some_and(|rest| rest.starts_with(part.as_str())) {
-                out.push_str(&text[at..pos]);
+                cuts.push((pos, part.len()));
                 at = pos + part.len();
                 shift += part.len();
             }
         }
-        out.push_str(&text[at..]);
+        if cuts.is_empty() {
+            return text.clone(); // the common case (Qwen3's later renders drop the part too)
+        }
+        let mut out = String::with_capacity(text.len() - shift);
+        let mut from = 0;
+        for (pos, len) in cuts {
+            out.push_str(&text[from..pos]);
+            from = pos + len;
+        }
+        out.push_str(&text[from..]);
         out.into()
     }
 
