@@ -27,6 +27,8 @@ UNLOCATABLE = (
 def _rewritten(messages):
     """Whether an assistant message is followed by another message (rendered with "[old]")."""
     return any(m["role"] == "assistant" for m in messages[:-1])
+
+
 #: No special token ends a turn: its end-of-turn marker cannot be trained.
 UNMARKED = (
     "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
