@@ -693,3 +693,27 @@ def test_labels_equal_trl_generation_spans(name: str) -> None:
             rest = rest.replace(t, "")
         assert text.strip() and (text.strip() in prompt or not rest.strip()), (name, text, prompt)
     assert counts["conversations equal"] + counts["conversations different"] > 0 or name.endswith("llava_next_training")
+
+
+def test_the_fallback_locates_rewritten_history_as_the_rust_path_does() -> None:
+    # Qwen3's template drops earlier answers' reasoning. With a construct the Rust renderer
+    # refuses in front (a harmless `|safe` + str), transformers renders it, and the Rust rule
+    # locates the turns through transformers' renders: the labels must be the Rust path's.
+    name = "llama_cpp/Qwen-Qwen3-0.6B"
+    if name not in _TEMPLATES:
+        pytest.skip(f"{name} is not in the corpus")
+    tok = tokenizer_for(name)
+    source = _TEMPLATES[name]
+    refused = '{%- set _unused = ("x" | safe) + "y" %}' + source
+    chat = [
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6.", "reasoning_content": "Add them."},
+        {"role": "user", "content": "And 4+4?"},
+        {"role": "assistant", "content": "8.", "reasoning_content": "Add again."},
+    ]
+    rust, stats = sftmask.tokenize_and_mask([chat], tok, chat_template=source, return_stats=True)
+    assert stats.rows_not_located == 0
+    with pytest.warns(UserWarning, match="Rust renderer cannot render"):
+        fallback, fstats = sftmask.tokenize_and_mask([chat], tok, chat_template=refused, return_stats=True)
+    assert fstats.rows_not_located == 0
+    assert fallback == rust
