@@ -12,16 +12,15 @@
 
 use std::sync::Arc;
 
+use crate::encode::{collect_rows, encode_rows, EncodeOptions};
+use crate::engine::Tokenize;
+use crate::error::{py_repr, Error, Result};
+use crate::masker::Masker;
+use crate::stats::Stats;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, GenericStringArray, Int32Array, ListArray, OffsetSizeTrait, RecordBatch};
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
-use tokenizers::Tokenizer;
-
-use crate::encode::{collect_rows, encode_rows, EncodeOptions};
-use crate::error::{py_repr, Error, Result};
-use crate::masker::Masker;
-use crate::stats::Stats;
 
 /// The columns preprocessing adds, in output order.
 pub const OUTPUT_COLUMNS: [&str; 3] = ["input_ids", "labels", "length"];
@@ -213,7 +212,7 @@ fn push_offset_texts<'a, O: OffsetSizeTrait>(
 /// that do not fit `int32` ([`Error::InvalidArgument`]); and every error of
 /// [`crate::encode::tokenize_and_mask`], with the same rows.
 pub fn tokenize_and_mask_batches(
-    tokenizer: &Tokenizer,
+    tokenizer: &impl Tokenize,
     masker: &Masker,
     schema: &Schema,
     batches: &[RecordBatch],
@@ -318,6 +317,7 @@ pub fn tokenize_and_mask_batches(
 mod tests {
     use arrow_array::types::Int32Type;
     use arrow_array::{Int64Array, LargeStringArray, StringArray, StringViewArray};
+    use tokenizers::Tokenizer;
 
     use super::*;
     use crate::encode::tokenize_and_mask;

@@ -1,5 +1,6 @@
-//! `sftmask._core.Encoder` (the `tokenizers` crate over the same tokenizer.json) and the
-//! preprocessing entry point `tokenize_and_mask` that uses it.
+//! `sftmask._core.Encoder` (the `tokenizers` crate over the same tokenizer.json, or the fast
+//! byte-level BPE path where it is exact) and the preprocessing entry point `tokenize_and_mask`
+//! that uses it.
 
 use pyo3::prelude::*;
 
@@ -8,25 +9,53 @@ use super::errors::{core, detach_guarded, row_err, tokenizer_err};
 use super::masker::PyMasker;
 use super::stats::PyStats;
 use crate::encode::EncodeOptions;
+use crate::engine::{EngineChoice, TokenEngine, Tokenize};
 
 /// A tokenizer run in Rust, so that the demo and the preprocessing API need no Python tokenizer.
+///
+/// ``engine``: ``"auto"`` uses the fast byte-level BPE path where it reproduces the `tokenizers`
+/// library exactly for this tokenizer.json (docs/fast-tokenization.md) and the `tokenizers`
+/// crate otherwise; ``"tokenizers"`` always the crate; ``"fast"`` the fast path or an
+/// ``OptionError`` naming what it does not cover.
 ///
 /// >>> enc = Encoder.from_json(open(tokenizer_json, encoding="utf-8").read())
 /// >>> enc.encode_batch(["<|im_start|>"], add_special_tokens=False) == [[vocab.token_id("<|im_start|>")]]
 /// True
+/// >>> enc.engine, enc.fast_refusal
+/// ('fast', None)
 #[pyclass(name = "Encoder", module = "sftmask._core", frozen)]
 pub struct PyEncoder {
-    pub(crate) inner: Box<tokenizers::Tokenizer>,
+    pub(crate) inner: Box<TokenEngine>,
 }
 
 #[pymethods]
 impl PyEncoder {
     /// Loads a tokenizer from the text of a tokenizer.json.
     #[staticmethod]
-    fn from_json(py: Python<'_>, json: &str) -> PyResult<Self> {
-        let inner = detach_guarded(py, || json.parse::<tokenizers::Tokenizer>())?
-            .map_err(|e| tokenizer_err(format!("could not load tokenizer.json: {e}")))?;
+    #[pyo3(signature = (json, *, engine = "auto"))]
+    fn from_json(py: Python<'_>, json: &str, engine: &str) -> PyResult<Self> {
+        let choice = core(EngineChoice::parse(engine))?;
+        let inner = detach_guarded(py, || TokenEngine::from_json(json, choice))?.map_err(|e| match e {
+            crate::error::Error::TokenizerJson(e) => tokenizer_err(format!("could not load tokenizer.json: {e}")),
+            e => super::errors::core_err(e),
+        })?;
         Ok(PyEncoder { inner: Box::new(inner) })
+    }
+
+    /// ``"fast"`` or ``"tokenizers"``: which engine tokenizes.
+    #[getter]
+    fn engine(&self) -> &'static str {
+        if self.inner.is_fast() {
+            "fast"
+        } else {
+            "tokenizers"
+        }
+    }
+
+    /// Why the fast path is not used (``None`` when it is).
+    #[getter]
+    fn fast_refusal(&self) -> Option<&str> {
+        self.inner.refusal()
     }
 
     /// Token ids of each text, in parallel and without the GIL.
@@ -46,11 +75,7 @@ impl PyEncoder {
                 threads,
                 true,
                 || (),
-                |(), (_, t): (usize, &String)| {
-                    tok.encode(t.as_str(), add_special_tokens)
-                        .map(|e| e.get_ids().to_vec())
-                        .map_err(|e| e.to_string())
-                },
+                |(), (_, t): (usize, &String)| tok.encode_ids(t.as_str(), add_special_tokens),
             )
         })?;
         results
