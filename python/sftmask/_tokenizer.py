@@ -255,7 +255,8 @@ def template_encoder(tokenizer: Any, info: TokenizerInfo) -> Callable[[str], lis
         return lambda text: list(tokenizer.encode(text, add_special_tokens=False).ids)
     from sftmask._core import Encoder
 
-    encoder = Encoder.from_json(info.json if info.json is not None else "")
+    # Templates are a few short strings: the fast path would not pay for building it.
+    encoder = Encoder.from_json(info.json if info.json is not None else "", engine="tokenizers")
     return lambda text: encoder.encode_batch([text], add_special_tokens=False)[0]
 
 

@@ -54,6 +54,9 @@ fn null_or_empty(o: &Map<String, Value>, key: &str) -> bool {
 }
 
 fn pre_tokenizer(v: &Value) -> Result<Pattern, Refusal> {
+    if v.is_null() {
+        return Err("no pre-tokenizer".into());
+    }
     let o = obj(v, "pre_tokenizer")?;
     match kind(o) {
         // GPT-2: the ByteLevel pre-tokenizer with its own regex.
@@ -329,6 +332,8 @@ pub(crate) fn check(json: &Value) -> Result<Spec, Refusal> {
             "model",
         ],
     )?;
+    // The model first: for another kind of tokenizer, that is the telling difference.
+    let (ignore_merges, vocab, merges) = model(top.get("model").unwrap_or(&Value::Null))?;
     for key in ["truncation", "padding"] {
         if !matches!(top.get(key), None | Some(Value::Null)) {
             return Err(format!("{key} set in tokenizer.json"));
@@ -345,7 +350,6 @@ pub(crate) fn check(json: &Value) -> Result<Spec, Refusal> {
         }
     };
     let pattern = pre_tokenizer(top.get("pre_tokenizer").unwrap_or(&Value::Null))?;
-    let (ignore_merges, vocab, merges) = model(top.get("model").unwrap_or(&Value::Null))?;
     let added = added_tokens(top.get("added_tokens").unwrap_or(&Value::Null))?;
     let (prefix, suffix) = post_processor(top.get("post_processor").unwrap_or(&Value::Null))?;
     Ok(Spec {
