@@ -24,7 +24,7 @@ from build_tokenizers import tokenizer_path
 from conftest import load_hf_tokenizer, load_tokenizer
 
 #: The families the fast path takes, by their tokenizer.json; every other one must fall back.
-FAST = {"llama3", "qwen2", "gpt2"}
+FAST = {"llama3", "qwen2", "gpt2", "tekken"}
 
 
 def _json(family: str) -> str:

@@ -279,7 +279,7 @@ def tokenize_and_mask(
             must not already have ``input_ids``, ``labels`` or ``length`` columns).
         engine: how texts become ids (docs/fast-tokenization.md): ``"auto"`` (default) uses
             sftmask's fast byte-level BPE path where it reproduces the ``tokenizers`` library
-            exactly for this tokenizer (Llama-3, Qwen2/2.5/3, GPT-2; the same ids and token
+            exactly for this tokenizer (Llama-3, Qwen2/2.5/3, GPT-2, Tekken; the same ids and token
             spans), and ``tokenizers`` otherwise; ``"tokenizers"`` always the library;
             ``"fast"`` the fast path, or an :class:`OptionError` naming what it does not cover.
 

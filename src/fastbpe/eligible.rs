@@ -115,7 +115,7 @@ fn pre_tokenizer(v: &Value) -> Result<Pattern, Refusal> {
                 .and_then(Value::as_str);
             let regex = regex.ok_or("a Split pre-tokenizer on a string, not a regex")?;
             Pattern::for_split_regex(regex)
-                .ok_or_else(|| format!("the Split regex {regex:?} (implemented: Llama-3's and Qwen2's)"))
+                .ok_or_else(|| format!("the Split regex {regex:?} (implemented: Llama-3's, Qwen2's, Tekken's)"))
         }
         other => Err(format!("the {other} pre-tokenizer")),
     }

@@ -1,5 +1,6 @@
-//! A fast exact path for byte-level BPE tokenizers (Llama-3, Qwen2/2.5/3, GPT-2): the same ids
-//! and byte spans as the `tokenizers` crate for the tokenizer.json files [`eligible`] accepts.
+//! A fast exact path for byte-level BPE tokenizers (Llama-3, Qwen2/2.5/3, GPT-2, Mistral's
+//! Tekken): the same ids and byte spans as the `tokenizers` crate for the tokenizer.json files
+//! [`eligible`] accepts.
 //!
 //! Where the time goes in `tokenizers` for these models is the Oniguruma pre-tokenizer and the
 //! per-piece string machinery; here the pre-tokenizer is a state machine ([`pretok`]), pieces
