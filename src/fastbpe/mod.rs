@@ -86,8 +86,10 @@ impl std::fmt::Debug for FastBpe {
 
 /// Pieces longer than this are not cached (they are rare, and would crowd the cache).
 const CACHE_PIECE_MAX: usize = 64;
-/// Entries per thread before the cache starts over.
-const CACHE_ENTRIES_MAX: usize = 1 << 17;
+/// Entries per thread before the cache starts over (a few MB per thread).
+const CACHE_ENTRIES_MAX: usize = 1 << 16;
+/// Characters of per-thread scratch space kept between calls.
+const SCRATCH_CHARS_MAX: usize = 1 << 20;
 
 type PieceCache = FxHashMap<Box<[u8]>, Box<[u32]>>;
 
@@ -196,6 +198,9 @@ impl FastBpe {
             if *key != self.cache_key || cache.len() > CACHE_ENTRIES_MAX {
                 *key = self.cache_key;
                 cache.clear();
+            }
+            if chars.capacity() > SCRATCH_CHARS_MAX {
+                *chars = Chars::default(); // one huge row must not pin its scratch space
             }
             let mut piece = |start: usize, end: usize, ids: &mut Vec<u32>, ends: Option<&mut Vec<u32>>| {
                 let from = ids.len();

@@ -99,6 +99,10 @@ pub(crate) struct Chars {
 }
 
 impl Chars {
+    pub(crate) fn capacity(&self) -> usize {
+        self.chars.capacity()
+    }
+
     fn load(&mut self, text: &str) {
         let t = tables();
         self.pos.clear();
