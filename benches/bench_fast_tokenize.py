@@ -3,9 +3,11 @@
 (issue 13), and against tiktoken with the same vocabulary.
 
 Data: for Llama-3 and Qwen2 (the real fixture tokenizers, with Llama-3.1-8B-Instruct's and
-Qwen2.5-7B-Instruct's chat templates), ``--rows`` chats of about 1,000 tokens each, made of the
-user/assistant exchanges of the test-corpus generator (``tests/fixtures/build_chat_templates.py``)
-appended until the rendered chat reaches 1,000 tokens.
+Qwen2.5-7B-Instruct's chat templates), ``--rows`` chats of about 1,000 tokens each, from the
+user/assistant exchanges of the test-corpus generator (``tests/fixtures/build_chat_templates.py``),
+in two shapes: ``many`` short exchanges appended until the rendered chat reaches 1,000 tokens
+(~10 assistant turns: the messages path renders prefixes to locate every turn), and ``one``
+exchange whose answer is the corpus' answers appended (one long answer).
 
 Methods, all on the same rendered texts (``add_special_tokens=False``) or their conversations:
 
@@ -65,16 +67,23 @@ def _exchanges(seed: int) -> Any:
                 yield [{"role": "user", "content": a["content"]}, {"role": "assistant", "content": b["content"]}]
 
 
-def make_chats(tok: Any, backend: Any, rows: int, target: int = 1000) -> list[list[dict[str, str]]]:
+def make_chats(tok: Any, backend: Any, rows: int, shape: str, target: int = 1000) -> list[list[dict[str, str]]]:
+    """``rows`` chats of about ``target`` tokens: ``many`` short exchanges appended, or ``one``
+    exchange whose answer is the corpus' texts appended (a long answer)."""
     pairs = _exchanges(seed=13)
+
+    def tokens(chat: list[dict[str, str]]) -> int:
+        return len(backend.encode(tok.apply_chat_template(chat, tokenize=False), add_special_tokens=False).ids)
+
     chats = []
     for _ in range(rows):
         chat: list[dict[str, str]] = []
-        while True:
-            chat += next(pairs)
-            text = tok.apply_chat_template(chat, tokenize=False)
-            if len(backend.encode(text, add_special_tokens=False).ids) >= target:
-                break
+        while not chat or tokens(chat) < target:
+            pair = next(pairs)
+            if shape == "many" or not chat:
+                chat += pair
+            else:
+                chat[-1] = {"role": "assistant", "content": chat[-1]["content"] + "\n\n" + pair[1]["content"]}
         chats.append(chat)
     return chats
 
@@ -105,7 +114,7 @@ def timed(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - t, out
 
 
-def measure(fam: str, template: str, response: str, rows: int, threads: int) -> dict[str, Any]:
+def measure(fam: str, template: str, response: str, rows: int, shape: str, threads: int) -> dict[str, Any]:
     """Every method on one family's chats."""
     import tokenizers
     import transformers
@@ -116,7 +125,7 @@ def measure(fam: str, template: str, response: str, rows: int, threads: int) -> 
     backend = tokenizers.Tokenizer.from_file(str(path))
     tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
     tok.chat_template = chat_templates()[template]
-    chats = make_chats(tok, backend, rows)
+    chats = make_chats(tok, backend, rows, shape)
     texts = [tok.apply_chat_template(c, tokenize=False) for c in chats]
     batch = {"messages": chats}
     t_floor, floor = timed(lambda: backend.encode_batch(texts, add_special_tokens=False))
@@ -134,11 +143,19 @@ def measure(fam: str, template: str, response: str, rows: int, threads: int) -> 
     tik = tiktoken_encoding(path)
     t, ids = timed(lambda: tik.encode_batch(texts, num_threads=threads, allowed_special="all"))
     methods["tiktoken encode_batch (same vocabulary)"] = (t, ids == floor_ids)
-    return {"rows": len(texts), "tokens": sum(map(len, floor_ids)), "methods": methods}
+    turns = sum(len(c) for c in chats) / 2 / len(chats)
+    return {"rows": len(texts), "tokens": sum(map(len, floor_ids)), "turns": turns, "methods": methods}
+
+
+SHAPES = {"many": "many short exchanges", "one": "one exchange, a long answer"}
 
 
 def worker(rows: int, threads: int) -> dict[str, Any]:
-    return {fam: measure(fam, template, response, rows, threads) for fam, (template, response) in FAMILIES.items()}
+    return {
+        f"{fam}/{shape}": measure(fam, template, response, rows, shape, threads)
+        for fam, (template, response) in FAMILIES.items()
+        for shape in SHAPES
+    }
 
 
 def main() -> None:
@@ -184,22 +201,24 @@ def main() -> None:
         f"{tiktoken.__version__}, sftmask {sftmask.__version__} (release build)",
         "- Data: "
         + "; ".join(
-            f"{fam}: {r['rows']} chats, {r['tokens']:,} tokens ({r['tokens'] / r['rows']:.0f}/chat)"
-            for fam, r in first.items()
+            f"{key}: {r['rows']} chats, {r['tokens']:,} tokens ({r['tokens'] / r['rows']:.0f}/chat, "
+            f"{r['turns']:.1f} exchanges/chat)"
+            for key, r in first.items()
         )
         + ". One timed run per method after one warm-up. `x floor` is tokens/s over the floor's at the same "
         "thread count; `ids` says whether the method's ids equal the floor's on every row.",
         "",
     ]
-    for fam in FAMILIES:
+    for key in first:
+        fam, shape = key.split("/")
         lines += [
-            f"### {fam}",
+            f"### {fam}, {SHAPES[shape]}",
             "",
             "| method | threads | seconds | tokens/s | x floor | ids |",
             "|---|---|---|---|---|---|",
         ]
         for n, run in runs.items():
-            r = run[fam]
+            r = run[key]
             floor = r["methods"]["tokenizers encode_batch (floor)"][0]
             for name, (secs, same) in r["methods"].items():
                 lines.append(
