@@ -20,7 +20,8 @@ Methods, all on the same rendered texts (``add_special_tokens=False``) or their 
 
 Each thread count runs in its own process, with ``RAYON_NUM_THREADS`` and
 ``RAYON_RS_NUM_THREADS`` (the ``tokenizers`` library's pool) set to it and ``num_threads=N``
-for sftmask and tiktoken. Timing: one warm-up call, then one timed run per method. Writes its
+for sftmask and tiktoken. Timing: one warm-up call on other chats of the same kind (so that
+caches hold the same kind of text, not the timed text), then one timed run per method. Writes its
 section of ``benches/RESULTS.md`` (between the ``bench_fast_tokenize`` markers) unless
 ``--no-write``.
 
@@ -107,8 +108,11 @@ def tiktoken_encoding(path: Path) -> Any:
     return tiktoken.Encoding(path.parent.name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
 
 
-def timed(fn: Any) -> tuple[float, Any]:
-    fn()  # warm-up: caches (the Rust tokenizer, the compiled template, the piece cache)
+def timed(fn: Any, warm: Any) -> tuple[float, Any]:
+    """``fn(warm)`` once untimed (the Rust tokenizer, the compiled template, the piece caches
+    warm up on other chats than the timed ones), then ``fn(timed)`` timed: the caches have
+    seen the same kind of text, not the same text."""
+    fn(*warm)
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
@@ -125,23 +129,50 @@ def measure(fam: str, template: str, response: str, rows: int, shape: str, threa
     backend = tokenizers.Tokenizer.from_file(str(path))
     tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
     tok.chat_template = chat_templates()[template]
-    chats = make_chats(tok, backend, rows, shape)
+    both = make_chats(tok, backend, 2 * rows, shape)
+    chats, other = both[:rows], both[rows:]
     texts = [tok.apply_chat_template(c, tokenize=False) for c in chats]
+    other_texts = [tok.apply_chat_template(c, tokenize=False) for c in other]
+    warm_texts, warm_batch = (other_texts,), ({"messages": other},)
     batch = {"messages": chats}
-    t_floor, floor = timed(lambda: backend.encode_batch(texts, add_special_tokens=False))
+
+    def floor_fn(x: list[str] = texts) -> Any:
+        return backend.encode_batch(x, add_special_tokens=False)
+
+    t_floor, floor = timed(floor_fn, warm_texts)
     floor_ids = [e.ids for e in floor]
     enc = sftmask.Encoder.from_json(path.read_text(encoding="utf-8"), engine="fast")
     methods: dict[str, Any] = {"tokenizers encode_batch (floor)": (t_floor, True)}
-    t, ids = timed(lambda: enc.encode_batch(texts, add_special_tokens=False, num_threads=threads))
+
+    def enc_fn(x: list[str] = texts) -> Any:
+        return enc.encode_batch(x, add_special_tokens=False, num_threads=threads)
+
+    t, ids = timed(enc_fn, warm_texts)
     methods["sftmask Encoder.encode_batch, engine=fast"] = (t, ids == floor_ids)
+    # A new Encoder starts with empty piece caches: every piece is merged once.
+    cold = sftmask.Encoder.from_json(path.read_text(encoding="utf-8"), engine="fast")
+    t = time.perf_counter()
+    ids = cold.encode_batch(texts, add_special_tokens=False, num_threads=threads)
+    methods["sftmask Encoder.encode_batch, engine=fast, cold piece cache"] = (time.perf_counter() - t, ids == floor_ids)
     for engine in ("fast", "tokenizers"):
         options = {"engine": engine, "num_threads": threads}
-        t, out = timed(lambda o=options: sftmask.tokenize_and_mask(texts, tok, response, add_special_tokens=False, **o))
+
+        def text_fn(x: list[str] = texts, o: dict = options) -> Any:
+            return sftmask.tokenize_and_mask(x, tok, response, add_special_tokens=False, **o)
+
+        def messages_fn(x: dict = batch, o: dict = options) -> Any:
+            return sftmask.tokenize_and_mask(x, tok, **o)
+
+        t, out = timed(text_fn, warm_texts)
         methods[f"tokenize_and_mask texts, engine={engine}"] = (t, out["input_ids"] == floor_ids)
-        t, out = timed(lambda o=options: sftmask.tokenize_and_mask(batch, tok, **o))
+        t, out = timed(messages_fn, warm_batch)
         methods[f"tokenize_and_mask messages, engine={engine}"] = (t, out["input_ids"] == floor_ids)
     tik = tiktoken_encoding(path)
-    t, ids = timed(lambda: tik.encode_batch(texts, num_threads=threads, allowed_special="all"))
+
+    def tik_fn(x: list[str] = texts) -> Any:
+        return tik.encode_batch(x, num_threads=threads, allowed_special="all")
+
+    t, ids = timed(tik_fn, warm_texts)
     methods["tiktoken encode_batch (same vocabulary)"] = (t, ids == floor_ids)
     turns = sum(len(c) for c in chats) / 2 / len(chats)
     return {"rows": len(texts), "tokens": sum(map(len, floor_ids)), "turns": turns, "methods": methods}
@@ -205,7 +236,8 @@ def main() -> None:
             f"{r['turns']:.1f} exchanges/chat)"
             for key, r in first.items()
         )
-        + ". One timed run per method after one warm-up. `x floor` is tokens/s over the floor's at the same "
+        + ". One timed run per method after one warm-up on as many other chats of the same shape. "
+        "`x floor` is tokens/s over the floor's at the same "
         "thread count; `ids` says whether the method's ids equal the floor's on every row.",
         "",
     ]
