@@ -239,6 +239,10 @@ def main() -> None:
         + ". One timed run per method after one warm-up on as many other chats of the same shape. "
         "`x floor` is tokens/s over the floor's at the same "
         "thread count; `ids` says whether the method's ids equal the floor's on every row.",
+        "- Reading: the piece cache warms on the warm-up chats, which come from the same small corpus of texts as "
+        "the timed ones, so nearly every piece is a hit; the cold-cache row (a new Encoder) is the first pass over the "
+        "data. Conversations with many short exchanges are bound by rendering (sftmask renders each prefix to locate "
+        "every assistant turn), not by tokenization: there the two engines differ by the tokenizing time only.",
         "",
     ]
     for key in first:
