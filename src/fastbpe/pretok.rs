@@ -365,8 +365,9 @@ mod tests {
     }
 
     #[test]
-    fn every_code_point_in_context() {
-        // Each scalar value between and after a few contexts: contractions, spaces, letters.
+    fn code_points_in_context() {
+        // Every seventh scalar value (each class is well represented; the classes themselves
+        // are Oniguruma's by construction) after contexts that change how it splits.
         let mut text = String::new();
         for c in (0..0x11_0000u32).step_by(7).filter_map(char::from_u32) {
             for ctx in ["'", " ", "a", "1", "\n ", "'r", "'l", "A", "\u{301}", "ʰ", "\t"] {
