@@ -106,12 +106,17 @@ impl TokenEngine {
     ///
     /// ```
     /// use sftmask::engine::{EngineChoice, TokenEngine, Tokenize};
-    /// // GPT-2's layout: byte-level BPE with ByteLevel's own regex; no merges, so every byte is a token.
-    /// let bytes: String = (0..256u32).map(|b| {
-    ///     let c = char::from_u32(if (0x21..=0x7e).contains(&b) || (0xa1..=0xff).contains(&b) && b != 0xad { b }
-    ///         else { 256 + (0..b).filter(|x| !((0x21..=0x7e).contains(x) || (0xa1..=0xff).contains(x) && *x != 0xad)).count() as u32 }).unwrap();
-    ///     format!("{}: {b}", serde_json::to_string(&c.to_string()).unwrap())
-    /// }).collect::<Vec<_>>().join(", ");
+    /// // GPT-2's layout: byte-level BPE with ByteLevel's own regex, and no merges, so every byte is
+    /// // a token; the vocabulary writes each byte as GPT-2's printable character for it.
+    /// let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xff).contains(&b) && b != 0xad;
+    /// let mut shifted = 0;
+    /// let bytes = (0..256u32)
+    ///     .map(|b| {
+    ///         let c = if printable(b) { b } else { shifted += 1; 255 + shifted };
+    ///         format!("{}: {b}", serde_json::to_string(&char::from_u32(c).unwrap().to_string()).unwrap())
+    ///     })
+    ///     .collect::<Vec<_>>()
+    ///     .join(", ");
     /// let json = format!(r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
     ///   "normalizer": null, "pre_tokenizer": {{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
     ///   "use_regex": true}}, "post_processor": null, "decoder": null, "model": {{"type": "BPE", "dropout": null,
