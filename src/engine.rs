@@ -136,17 +136,34 @@ impl TokenEngine {
     /// [`Error::TokenizerJson`] for a text `tokenizers` cannot load; [`Error::InvalidArgument`]
     /// for [`EngineChoice::Fast`] on a tokenizer the fast path does not cover, naming why.
     pub fn from_json(json: &str, choice: EngineChoice) -> Result<TokenEngine> {
-        let tokenizer: Tokenizer = json.parse().map_err(|e| Error::TokenizerJson(format!("{e}")))?;
+        let parse = || {
+            json.parse::<Tokenizer>()
+                .map_err(|e| Error::TokenizerJson(format!("{e}")))
+        };
         if choice == EngineChoice::Tokenizers {
             return Ok(TokenEngine {
-                tokenizer,
+                tokenizer: parse()?,
                 fast: None,
                 refusal: Some("engine='tokenizers' was asked for".into()),
             });
         }
-        let built = serde_json::from_str::<serde_json::Value>(json)
-            .map_err(|e| e.to_string())
-            .and_then(|v| FastBpe::from_json(&v));
+        // Both read the whole file: build the fast path on a second thread meanwhile (a scoped
+        // thread, not the pool: it ends before this returns).
+        let build = || {
+            serde_json::from_str::<serde_json::Value>(json)
+                .map_err(|e| e.to_string())
+                .and_then(|v| FastBpe::from_json(&v))
+        };
+        let (tokenizer, built) = std::thread::scope(|s| {
+            let fast = s.spawn(build);
+            let tokenizer = parse();
+            (
+                tokenizer,
+                fast.join()
+                    .unwrap_or_else(|_| Err("the fast path's builder panicked".into())),
+            )
+        });
+        let tokenizer = tokenizer?;
         match built {
             Ok(fast) => Ok(TokenEngine {
                 tokenizer,

@@ -158,6 +158,7 @@ impl FastBpe {
             if is_normalized { &mut normalized } else { &mut raw }.push((content, id));
         }
         static NEXT: AtomicU64 = AtomicU64::new(1);
+        pretok::warm(); // the character tables, here rather than on the first row
         Ok(FastBpe {
             pattern: spec.pattern,
             nfc: spec.nfc,

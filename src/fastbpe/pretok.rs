@@ -89,6 +89,11 @@ fn tables() -> &'static Tables {
     })
 }
 
+/// Builds the character tables now, if not built yet.
+pub(crate) fn warm() {
+    tables();
+}
+
 /// One segment's characters with their classes, reused across segments.
 #[derive(Default)]
 pub(crate) struct Chars {
