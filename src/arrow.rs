@@ -12,16 +12,15 @@
 
 use std::sync::Arc;
 
+use crate::encode::{collect_rows, encode_rows, EncodeOptions};
+use crate::engine::Tokenize;
+use crate::error::{py_repr, Error, Result};
+use crate::masker::Masker;
+use crate::stats::Stats;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, GenericStringArray, Int32Array, ListArray, OffsetSizeTrait, RecordBatch};
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
-use tokenizers::Tokenizer;
-
-use crate::encode::{collect_rows, encode_rows, EncodeOptions};
-use crate::error::{py_repr, Error, Result};
-use crate::masker::Masker;
-use crate::stats::Stats;
 
 mod messages;
 pub use messages::{tokenize_conversations_batches, value_at, ArrowConversations};
@@ -237,7 +236,7 @@ fn push_offset_texts<'a, O: OffsetSizeTrait>(
 /// that do not fit `int32` ([`Error::InvalidArgument`]); and every error of
 /// [`crate::encode::tokenize_and_mask`], with the same rows.
 pub fn tokenize_and_mask_batches(
-    tokenizer: &Tokenizer,
+    tokenizer: &impl Tokenize,
     masker: &Masker,
     schema: &Schema,
     batches: &[RecordBatch],
@@ -351,6 +350,7 @@ fn output_batches(
 mod tests {
     use arrow_array::types::Int32Type;
     use arrow_array::{Int64Array, LargeStringArray, StringArray, StringViewArray};
+    use tokenizers::Tokenizer;
 
     use super::*;
     use crate::encode::tokenize_and_mask;

@@ -2,8 +2,7 @@
 //! batch: text -> token ids (the `tokenizers` crate over the same tokenizer.json) -> optional
 //! truncation -> labels by the [`Masker`]'s rule, rows in parallel on the fork-safe [`pool`].
 
-use tokenizers::Tokenizer;
-
+use crate::engine::Tokenize;
 use crate::error::{Error, Result};
 use crate::labels::RowStats;
 use crate::masker::{LabelSource, Masker};
@@ -67,7 +66,7 @@ pub struct Encoded {
 /// byte table does not know: the tokenizer and the table disagree), with the row;
 /// [`Error::InvalidArgument`] for a masker that takes given labels.
 pub fn tokenize_and_mask<S: AsRef<str> + Sync>(
-    tokenizer: &Tokenizer,
+    tokenizer: &impl Tokenize,
     masker: &Masker,
     texts: &[S],
     options: EncodeOptions,
@@ -97,7 +96,7 @@ pub(crate) type EncodedRow = (Vec<u32>, Vec<i64>, RowStats);
 /// [`Error::InvalidArgument`] for a masker that is not an exact one; each row's own error
 /// (naming its index in `texts`) is in its slot.
 pub(crate) fn encode_rows<S: AsRef<str> + Sync>(
-    tokenizer: &Tokenizer,
+    tokenizer: &impl Tokenize,
     masker: &Masker,
     texts: &[S],
     options: EncodeOptions,
@@ -109,13 +108,12 @@ pub(crate) fn encode_rows<S: AsRef<str> + Sync>(
         ));
     }
     let row = |(): &mut (), (r, text): (usize, &S)| -> Result<EncodedRow> {
-        let encoding = tokenizer
-            .encode(text.as_ref(), options.add_special_tokens)
+        let mut ids = tokenizer
+            .encode_ids(text.as_ref(), options.add_special_tokens)
             .map_err(|e| Error::Row {
                 row: r,
                 reason: format!("the tokenizer failed: {e}"),
             })?;
-        let mut ids = encoding.get_ids().to_vec();
         let truncated = options.max_length.is_some_and(|n| ids.len() > n);
         if let Some(n) = options.max_length {
             ids.truncate(n);
@@ -152,6 +150,8 @@ pub(crate) fn collect_rows(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use tokenizers::Tokenizer;
 
     use super::*;
     use crate::{Template, TrainOn, Vocab};

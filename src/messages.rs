@@ -5,10 +5,9 @@
 //!
 //! The rule: SPEC "Chat-template masking" and docs/masking.md#conversations.
 
-use tokenizers::Tokenizer;
-
 use crate::chat::regions::{replace_fields, SENTINEL};
 use crate::chat::{ChatError, ChatTemplate, Value};
+use crate::engine::Tokenize;
 use crate::error::{Error, Result};
 use crate::labels::{fill_labels_by_ends, RowStats};
 use crate::options::OnMissing;
@@ -232,7 +231,7 @@ fn has_reasoning(message: &Value) -> bool {
 /// [`OnMissing::Error`], a row whose trained turns cannot be located.
 pub fn tokenize_conversations(
     template: std::result::Result<&ChatTemplate, &String>,
-    tokenizer: &Tokenizer,
+    tokenizer: &impl Tokenize,
     rows: &[Conversation],
     extra: &[(String, Value)],
     options: ConversationOptions,
@@ -240,6 +239,7 @@ pub fn tokenize_conversations(
 ) -> Result<Preprocessed> {
     // Every added token can end a turn (`<|im_end|>`, `<|eot_id|>`, `</s>`).
     let added: Vec<String> = tokenizer
+        .tokenizer()
         .get_added_tokens_decoder()
         .into_values()
         .map(|t| t.content)
@@ -357,22 +357,10 @@ pub fn tokenize_conversations(
         if not_located.is_some() {
             spans.clear();
         }
-        let encoding = tokenizer
-            .encode(text.as_str(), false)
+        // Token i spans from where token i-1 ends to where it ends (see `encode_with_ends`).
+        let (mut ids, mut ends) = tokenizer
+            .encode_with_ends(text.as_str(), false)
             .map_err(|e| row_err(r, format!("the tokenizer failed: {e}")))?;
-        let mut ids = encoding.get_ids().to_vec();
-        // Token i spans from where token i-1 ends to where it ends: the tokens partition the
-        // text, as the overlap rule expects (a trimmed offset or a split character cannot leave
-        // a gap).
-        let mut end = 0u32;
-        let mut ends: Vec<u32> = encoding
-            .get_offsets()
-            .iter()
-            .map(|&(_, e)| {
-                end = end.max(u32::try_from(e).unwrap_or(u32::MAX));
-                end
-            })
-            .collect();
         let truncated = options.max_length.is_some_and(|n| ids.len() > n);
         if let Some(n) = options.max_length {
             ids.truncate(n);
@@ -453,6 +441,8 @@ pub fn tokenize_conversations(
 
 #[cfg(test)]
 mod tests {
+    use tokenizers::Tokenizer;
+
     use super::*;
     use crate::chat::SpecialTokens;
 

@@ -223,6 +223,8 @@ def test_every_family_builds_its_encoder_from_the_file(tmp_path, family):
         return
     assert encoder is not None
     _encodes_alike(encoder, tok)
+    # The same engine (fast path or not) as the tokenizer serialized whole would get.
+    assert encoder.engine == sftmask.Encoder.from_json(tok.backend_tokenizer.to_str()).engine
 
 
 @pytest.mark.parametrize("family", ["gpt2", "mistral_v1", "llama3"])
@@ -247,6 +249,8 @@ def test_the_encoder_has_a_component_swapped_after_load(tmp_path):
     encoder = _tokenizer.encoder_from_file(tok)
     assert encoder is not None
     _encodes_alike(encoder, tok)
+    # The fast path is judged on the loaded tokenizer's components, not the file's.
+    assert encoder.engine == "tokenizers" and "Lowercase" in encoder.fast_refusal
     assert encoder.encode_batch(["HELLO"], add_special_tokens=False) == encoder.encode_batch(["hello"])
 
 

@@ -115,7 +115,7 @@ def _file_matches(backend: Any, kind: str | None, n: int | None, sample: list[tu
     return all(model.id_to_token(i) == token for i, token in sample)
 
 
-def encoder_from_file(tokenizer: Any) -> Any:
+def encoder_from_file(tokenizer: Any, engine: str = "auto") -> Any:
     """The Rust encoder of a transformers tokenizer built from the tokenizer.json it was loaded
     from and its live parts, when that file is at hand and provably its vocabulary (as for the
     table); ``None`` otherwise (the caller serializes the tokenizer with ``to_str()``)."""
@@ -134,7 +134,7 @@ def encoder_from_file(tokenizer: Any) -> Any:
     if backend.truncation is not None or backend.padding is not None:
         return None  # the probe below would see the last call's state, not the tokenizer
     try:
-        encoder, kind, n, sample = Encoder.from_parts(parts, file)
+        encoder, kind, n, sample = Encoder.from_parts(parts, file, engine=engine)
     except (TokenizerError, OSError, ValueError):
         return None
     if not _file_matches(backend, kind, n, sample):
@@ -310,7 +310,8 @@ def template_encoder(tokenizer: Any, info: TokenizerInfo) -> Callable[[str], lis
         return lambda text: list(tokenizer.encode(text, add_special_tokens=False).ids)
     from sftmask._core import Encoder
 
-    encoder = Encoder.from_json(info.json if info.json is not None else "")
+    # Templates are a few short strings: the fast path would not pay for building it.
+    encoder = Encoder.from_json(info.json if info.json is not None else "", engine="tokenizers")
     return lambda text: encoder.encode_batch([text], add_special_tokens=False)[0]
 
 

@@ -44,8 +44,10 @@ def _tokenizer_json(tokenizer: Any) -> str:
     return info.json
 
 
-def _encoder(tokenizer: Any) -> Encoder:
-    """The Rust tokenizer for ``tokenizer``, cached."""
+def _encoder(tokenizer: Any, engine: str = "auto") -> Encoder:
+    """The Rust tokenizer for ``tokenizer`` with ``engine`` (docs/fast-tokenization.md), cached."""
+    if engine not in ("auto", "tokenizers", "fast"):
+        raise OptionError(f"engine must be 'auto', 'tokenizers' or 'fast', got {engine!r}")
     if isinstance(tokenizer, (str, os.PathLike)):
         owner: Any = os.path.abspath(os.fspath(tokenizer))
         size: Any = os.path.getmtime(owner) if os.path.exists(owner) else None
@@ -55,6 +57,7 @@ def _encoder(tokenizer: Any) -> Encoder:
         # Adding tokens (a pad) is what changes a built tokenizer; both counts are cheap, unlike
         # get_vocab_size(with_added_tokens=True), which builds the whole vocabulary dict.
         size = (backend.get_vocab_size(with_added_tokens=False), len(backend.get_added_tokens_decoder()))
+    size = (size, engine)
     with _lock:
         try:
             hit = _encoders.get(owner)
@@ -62,7 +65,9 @@ def _encoder(tokenizer: Any) -> Encoder:
             hit = next(((s, e) for o, s, e in _encoders_strong if o is owner or o == owner), None)
     if hit is not None and hit[0] == size:
         return hit[1]
-    encoder = _tokenizer.encoder_from_file(tokenizer) or Encoder.from_json(_tokenizer_json(tokenizer))
+    encoder = _tokenizer.encoder_from_file(tokenizer, engine) or Encoder.from_json(
+        _tokenizer_json(tokenizer), engine=engine
+    )
     with _lock:
         try:
             _encoders[owner] = (size, encoder)
@@ -171,6 +176,7 @@ def tokenize_and_mask(
     return_stats: bool = False,
     text_column: str = "text",
     messages_column: str = "messages",
+    engine: str = "auto",
     **template_kwargs: Any,
 ) -> Any:
     """Tokenizes rows and computes their labels in one pass (Rust, in parallel, without the GIL).
@@ -206,6 +212,13 @@ def tokenize_and_mask(
     (``list<int32>``) and ``length`` (``int32``), rows as the list API makes them. Built in
     Rust straight into Arrow buffers, for ``datasets`` (``ds.with_format("arrow")``), Ray Data
     (``batch_format="pyarrow"``) and Spark's ``mapInArrow``.
+
+    The ids are the ``tokenizers`` library's whichever ``engine`` makes them:
+
+    >>> texts = ["<|im_start|>assistant\\nHi there, 123 😀<|im_end|>"]
+    >>> fast = tokenize_and_mask(texts, tokenizer, "<|im_start|>assistant\\n", engine="fast")
+    >>> fast == tokenize_and_mask(texts, tokenizer, "<|im_start|>assistant\\n", engine="tokenizers")
+    True
 
     >>> import pyarrow as pa
     >>> tokenize_and_mask(pa.table({"id": [7], "text": ["<|im_start|>assistant\\nHi<|im_end|>"]}),
@@ -251,6 +264,11 @@ def tokenize_and_mask(
         messages_column: Arrow conversations only: the column of conversations
             (``list<struct<role, content, …>>``; dropped from the output). A ``tools`` column,
             if there is one and ``tools=`` is not given, gives each row its tools (and stays).
+        engine: how texts become ids (docs/fast-tokenization.md): ``"auto"`` (default) uses
+            sftmask's fast byte-level BPE path where it reproduces the ``tokenizers`` library
+            exactly for this tokenizer (Llama-3, Qwen2/2.5/3, GPT-2, Tekken; the same ids and token
+            spans), and ``tokenizers`` otherwise; ``"tokenizers"`` always the library;
+            ``"fast"`` the fast path, or an :class:`OptionError` naming what it does not cover.
 
     Returns:
         ``{"input_ids": [[…], …], "labels": [[…], …]}``, one entry per row (a ``pyarrow.Table``
@@ -269,7 +287,7 @@ def tokenize_and_mask(
         out, stats = _chat.tokenize_conversations(
             texts_or_messages,
             tokenizer,
-            _encoder(tokenizer),
+            _encoder(tokenizer, engine),
             chat_template=chat_template,
             tools=tools,
             train_on=train_on,
@@ -314,7 +332,7 @@ def tokenize_and_mask(
     if arrow:
         capsule, stats = _tokenize_and_mask_arrow(
             texts_or_messages,
-            _encoder(tokenizer),
+            _encoder(tokenizer, engine),
             masker,
             column=text_column,
             add_special_tokens=add_special_tokens,
@@ -323,7 +341,7 @@ def tokenize_and_mask(
         out = _arrow.table(capsule)
     else:
         input_ids, labels, stats = _tokenize_and_mask(
-            texts, _encoder(tokenizer), masker, add_special_tokens=add_special_tokens, max_length=max_length
+            texts, _encoder(tokenizer, engine), masker, add_special_tokens=add_special_tokens, max_length=max_length
         )
         out = {"input_ids": input_ids, "labels": labels}
     missing = stats.missing_rows

@@ -15,10 +15,10 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Schema};
-use tokenizers::Tokenizer;
 
 use super::{check_batch, column_index, output_batches, output_schema_without, ArrowEncoded};
 use crate::chat::{ChatTemplate, Value};
+use crate::engine::Tokenize;
 use crate::error::{py_repr, Error, Result};
 use crate::messages::{tokenize_conversations, Conversation, ConversationOptions};
 
@@ -244,7 +244,7 @@ fn conversations(
 #[allow(clippy::too_many_arguments)]
 pub fn tokenize_conversations_batches(
     template: std::result::Result<&ChatTemplate, &String>,
-    tokenizer: &Tokenizer,
+    tokenizer: &impl Tokenize,
     schema: &Schema,
     batches: &[RecordBatch],
     column: &str,
@@ -342,7 +342,7 @@ mod tests {
     }
 
     fn run(batches: &[RecordBatch]) -> Result<ArrowConversations> {
-        let tokenizer: Tokenizer = crate::test_support::BYTE_TOKENIZER.parse().unwrap();
+        let tokenizer: tokenizers::Tokenizer = crate::test_support::BYTE_TOKENIZER.parse().unwrap();
         let template = ChatTemplate::new(
             "{% for m in messages %}{{ m.role[0] | upper }}:{{ m.content }}{% endfor %}\
              {% if add_generation_prompt %}A:{% endif %}",

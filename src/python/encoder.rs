@@ -1,5 +1,6 @@
-//! `sftmask._core.Encoder` (the `tokenizers` crate over the same tokenizer.json) and the
-//! preprocessing entry point `tokenize_and_mask` that uses it.
+//! `sftmask._core.Encoder` (the `tokenizers` crate over the same tokenizer.json, or the fast
+//! byte-level BPE path where it is exact) and the preprocessing entry point `tokenize_and_mask`
+//! that uses it.
 
 use pyo3::prelude::*;
 
@@ -8,18 +9,26 @@ use super::errors::{core, detach_guarded, row_err};
 use super::masker::PyMasker;
 use super::stats::PyStats;
 use crate::encode::EncodeOptions;
+use crate::engine::{EngineChoice, TokenEngine, Tokenize};
 
 /// What `Encoder.from_parts` returns: the encoder and the file's model type, size and sample.
 type FromParts = (PyEncoder, Option<String>, Option<usize>, Vec<(u32, String)>);
 
 /// A tokenizer run in Rust, so that the demo and the preprocessing API need no Python tokenizer.
 ///
+/// ``engine``: ``"auto"`` uses the fast byte-level BPE path where it reproduces the `tokenizers`
+/// library exactly for this tokenizer.json (docs/fast-tokenization.md) and the `tokenizers`
+/// crate otherwise; ``"tokenizers"`` always the crate; ``"fast"`` the fast path or an
+/// ``OptionError`` naming what it does not cover.
+///
 /// >>> enc = Encoder.from_json(open(tokenizer_json, encoding="utf-8").read())
 /// >>> enc.encode_batch(["<|im_start|>"], add_special_tokens=False) == [[vocab.token_id("<|im_start|>")]]
 /// True
+/// >>> enc.engine, enc.fast_refusal
+/// ('fast', None)
 #[pyclass(name = "Encoder", module = "sftmask._core", frozen)]
 pub struct PyEncoder {
-    pub(crate) inner: Box<tokenizers::Tokenizer>,
+    pub(crate) inner: Box<TokenEngine>,
 }
 
 #[pymethods]
@@ -33,25 +42,35 @@ impl PyEncoder {
     /// >>> len(Encoder.from_json(json.dumps(spec)).encode_batch(["a b c"], add_special_tokens=False)[0]) > 1
     /// True
     #[staticmethod]
-    fn from_json(py: Python<'_>, json: &str) -> PyResult<Self> {
-        let inner = core(detach_guarded(py, || crate::load::from_json(json))?)?;
+    #[pyo3(signature = (json, *, engine = "auto"))]
+    fn from_json(py: Python<'_>, json: &str, engine: &str) -> PyResult<Self> {
+        let choice = core(EngineChoice::parse(engine))?;
+        let inner = core(detach_guarded(py, || TokenEngine::from_json(json, choice))?)?;
         Ok(PyEncoder { inner: Box::new(inner) })
     }
 
     /// Loads the BPE tokenizer of the file ``tokenizer_file`` with the components ``parts``
-    /// reports for a loaded tokenizer (``sftmask::load::from_parts``), sparing its
-    /// ``to_str()``. Returns ``(encoder, kind, len, sample)``: the caller checks the loaded
-    /// model's type, size and the token at each sampled id before using the encoder.
+    /// reports for a loaded tokenizer (``sftmask::load::from_parts``; the fast path judged on
+    /// the two together), sparing its ``to_str()``. Returns ``(encoder, kind, len, sample)``: the
+    /// caller checks the loaded model's type, size and the token at each sampled id before
+    /// using the encoder.
     ///
     /// >>> enc, kind, n, sample = Encoder.from_parts(live_parts, tokenizer_json)
     /// >>> kind, n == backend.get_vocab_size(with_added_tokens=False)
     /// ('BPE', True)
     #[staticmethod]
-    fn from_parts(py: Python<'_>, parts: &str, tokenizer_file: std::path::PathBuf) -> PyResult<FromParts> {
+    #[pyo3(signature = (parts, tokenizer_file, *, engine = "auto"))]
+    fn from_parts(
+        py: Python<'_>,
+        parts: &str,
+        tokenizer_file: std::path::PathBuf,
+        engine: &str,
+    ) -> PyResult<FromParts> {
+        let choice = core(EngineChoice::parse(engine))?;
         let built = detach_guarded(py, || {
             let text = std::fs::read_to_string(&tokenizer_file)
                 .map_err(|e| crate::Error::TokenizerJson(format!("cannot read {}: {e}", tokenizer_file.display())))?;
-            crate::load::from_parts(parts, &text)
+            TokenEngine::from_parts(parts, &text, choice)
         })?;
         let (inner, check) = core(built)?;
         Ok((
@@ -60,6 +79,22 @@ impl PyEncoder {
             check.len,
             check.sample,
         ))
+    }
+
+    /// ``"fast"`` or ``"tokenizers"``: which engine tokenizes.
+    #[getter]
+    fn engine(&self) -> &'static str {
+        if self.inner.is_fast() {
+            "fast"
+        } else {
+            "tokenizers"
+        }
+    }
+
+    /// Why the fast path is not used (``None`` when it is).
+    #[getter]
+    fn fast_refusal(&self) -> Option<&str> {
+        self.inner.refusal()
     }
 
     /// Token ids of each text, in parallel and without the GIL.
@@ -79,11 +114,7 @@ impl PyEncoder {
                 threads,
                 true,
                 || (),
-                |(), (_, t): (usize, &String)| {
-                    tok.encode(t.as_str(), add_special_tokens)
-                        .map(|e| e.get_ids().to_vec())
-                        .map_err(|e| e.to_string())
-                },
+                |(), (_, t): (usize, &String)| tok.encode_ids(t.as_str(), add_special_tokens),
             )
         })?;
         results
