@@ -112,11 +112,13 @@ def scaling_table(bc: Any, tok: Any, cpt: float, sizes: list[int], nominal: int,
         "minutes here; per-row costs weigh more on short rows. `floor`, `list` and `arrow` process the rows "
         f"in calls of at most {call:,} (as an engine's batches would; a call's output is dropped before the "
         "next, so memory stays bounded); `arrow, one call` passes the whole table at once. Best of 3 passes "
-        "up to 100k rows, 1 pass above; same threads and templates as above.",
+        "up to 100k rows, 1 pass above; same threads and templates as above. CPU µs/row: the process's CPU time "
+        "(all threads; best pass) per row, which other jobs on a shared machine disturb less than wall time: "
+        "a long single pass sees their average load, the best of 3 short ones a quiet moment.",
         "",
         "| rows | tokens | floor s | list s | arrow s | arrow, one call s | list x floor | arrow x floor | "
-        "µs/row floor / list / arrow / one call | arrow tokens/s | lengths agree |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "wall µs/row floor / list / arrow / one call | CPU µs/row, same order | arrow tokens/s | lengths agree |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def lengths_of(name: str, out: Any) -> list[int]:
@@ -124,7 +126,7 @@ def scaling_table(bc: Any, tok: Any, cpt: float, sizes: list[int], nominal: int,
             return [len(e) for e in out]
         if name == "list":
             return [len(r) for r in out["input_ids"]]
-        return out.column("length").to_pylist()
+        return out.column("length").to_pylist()  # arrow, one call
 
     for n in sizes:
         texts = pool[:n]
@@ -137,42 +139,43 @@ def scaling_table(bc: Any, tok: Any, cpt: float, sizes: list[int], nominal: int,
         }
         lengths: dict[str, list[int]] = {}
         best = {name: float("inf") for name in [*methods, "one call"]}
+        cpu = dict(best)  # process CPU time, all threads: what other jobs on the machine disturb least
         for p in range(3 if n <= 100_000 else 1):
-            for name, fn in methods.items():
-                seconds = 0.0
-                for t_part, a_part in parts:
-                    t = time.perf_counter()
-                    out = fn(t_part, a_part)
+            for name in best:
+                seconds = cpu_seconds = 0.0
+                for t_part, a_part in parts if name != "one call" else [(texts, table)]:
+                    t, c = time.perf_counter(), time.process_time()
+                    out = methods.get(name, methods["arrow"])(t_part, a_part)
                     seconds += time.perf_counter() - t
+                    cpu_seconds += time.process_time() - c
                     if p == 0:  # untimed: what each method made, to compare
                         lengths.setdefault(name, []).extend(lengths_of(name, out))
                     del out
                 best[name] = min(best[name], seconds)
-            t = time.perf_counter()
-            out = sftmask.tokenize_and_mask(table, tok, bc.RESPONSE, **kw)
-            best["one call"] = min(best["one call"], time.perf_counter() - t)
-            if p == 0:
-                lengths["one call"] = lengths_of("arrow", out)
-            del out
+                cpu[name] = min(cpu[name], cpu_seconds)
         tokens = sum(lengths["floor"])
         agree = all(v == lengths["floor"] for v in lengths.values())
         us = " / ".join(f"{best[m] / n * 1e6:.1f}" for m in best)
+        cpu_us = " / ".join(f"{cpu[m] / n * 1e6:.1f}" for m in best)
         lines.append(
             f"| {n:,} | {tokens:,} | {best['floor']:.2f} | {best['list']:.2f} | {best['arrow']:.2f} | "
             f"{best['one call']:.2f} | {best['list'] / best['floor']:.2f}x | {best['arrow'] / best['floor']:.2f}x | "
-            f"{us} | {bc.fmt_rate(tokens / best['arrow'])} | {'yes' if agree else '**NO**'} |"
+            f"{us} | {cpu_us} | {bc.fmt_rate(tokens / best['arrow'])} | {'yes' if agree else '**NO**'} |"
         )
         print(lines[-1], flush=True)
     return lines
 
 
-def _record(stats_dir: str, seconds: float, rows: int) -> None:
-    """Adds one call to this worker process's ``<pid>.json`` in ``stats_dir`` (busy seconds, rows,
-    RSS when first seen, peak RSS): the driver reads these files after the run."""
+def _record(stats_dir: str, seconds: float, cpu: float, rows: int) -> None:
+    """Adds one call to this worker process's ``<pid>.json`` in ``stats_dir`` (busy and CPU
+    seconds, rows, RSS when first seen, peak RSS): the driver reads these files after the run."""
     path = Path(stats_dir) / f"{os.getpid()}.json"
-    old = json.loads(path.read_text()) if path.exists() else {"busy": 0.0, "rows": 0, "rss_first": _rss_now()}
+    old = (
+        json.loads(path.read_text()) if path.exists() else {"busy": 0.0, "cpu": 0.0, "rows": 0, "rss_first": _rss_now()}
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    path.write_text(json.dumps({**old, "busy": old["busy"] + seconds, "rows": old["rows"] + rows, "rss_peak": peak}))
+    new = {"busy": old["busy"] + seconds, "cpu": old["cpu"] + cpu, "rows": old["rows"] + rows, "rss_peak": peak}
+    path.write_text(json.dumps({**old, **new}))
 
 
 def _timed_call(batch: Any, tokenizer: Any, stats_dir: str) -> Any:
@@ -180,9 +183,9 @@ def _timed_call(batch: Any, tokenizer: Any, stats_dir: str) -> Any:
     engine's worker runs (module level: the engines pickle it into their workers)."""
     import sftmask
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = sftmask.tokenize_and_mask(batch, tokenizer, _RESPONSE, _USER, num_threads=1, on_missing="ignore")
-    _record(stats_dir, time.perf_counter() - t, batch.num_rows)
+    _record(stats_dir, time.perf_counter() - t, time.process_time() - c, batch.num_rows)
     return out
 
 
@@ -399,13 +402,14 @@ def engines_table(bc: Any, tok: Any, cpt: float, rows: int, nominal: int, worker
         'with_format("arrow").map(batched=True, num_proc=N) -> to_parquet` (N=1: in process). Spark: '
         "`local[N]`, `read.parquet -> repartition(2N) -> mapInArrow -> write.parquet`, tokenizer broadcast. "
         "Floor: `encode_batch` of the same texts on N threads in a fresh process. Busy: the share of the "
-        "pipeline's time each worker spent inside `tokenize_and_mask`. RSS: each worker process's RSS at its "
-        "first batch and its peak (`ru_maxrss`); not shown for datasets, whose workers are forks of this "
-        "benchmark's process and count its pages.",
+        "pipeline's time each worker spent inside `tokenize_and_mask`; CPU µs/row: the CPU time of those calls "
+        "(all workers) per row, which stays put when other jobs take the cores (the wall time does not). "
+        "RSS: each worker process's RSS at its first batch and its peak (`ru_maxrss`); not shown for "
+        "datasets, whose workers are forks of this benchmark's process and count its pages.",
         "",
         "| engine | workers | seconds | rows/s | tokens/s | floor s (N threads) | x floor | speed-up 1 -> N | "
-        "busy per worker | RSS per worker first / peak (MiB) | rows = in-process rows |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "busy per worker | CPU µs/row in calls | RSS per worker first / peak (MiB) | rows = in-process rows |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (engine, w), r in results.items():
         busy = " / ".join(f"{x['busy'] / r['seconds']:.0%}" for x in r["workers"])
@@ -413,10 +417,11 @@ def engines_table(bc: Any, tok: Any, cpt: float, rows: int, nominal: int, worker
         if engine == "datasets":
             rss = "– (forks of the benchmark)"
         one = results.get((engine, workers[0]), r)["seconds"]
+        cpu_us = sum(x["cpu"] for x in r["workers"]) / max(1, sum(x["rows"] for x in r["workers"])) * 1e6
         lines.append(
             f"| {engine} | {w} ({len(r['workers'])} ran) | {r['seconds']:.2f} | {rows / r['seconds']:,.0f} | "
             f"{bc.fmt_rate(tokens / r['seconds'])} | {floors[w]:.2f} | {r['seconds'] / floors[w]:.2f}x | "
-            f"{one / r['seconds']:.2f}x | {busy} | {rss} | {'yes' if r['same'] else '**NO**'} |"
+            f"{one / r['seconds']:.2f}x | {busy} | {cpu_us:.0f} | {rss} | {'yes' if r['same'] else '**NO**'} |"
         )
     return lines + (["", *notes] if notes else [])
 

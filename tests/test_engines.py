@@ -14,9 +14,11 @@ An engine that is not installed (or Spark without Java) skips, unless ``SFTMASK_
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 ROWS = 3000
+PIPELINE_TIMEOUT_S = 240
 RESPONSE = LLAMA3.response
 INSTRUCTIONS = list(LLAMA3.instructions)
 TESTS = Path(__file__).resolve().parent
@@ -44,6 +47,23 @@ def unavailable(reason: str):
     if REQUIRED:
         pytest.fail(f"{reason} (SFTMASK_REQUIRE_ENGINES=1: the engine tests must run)")
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fails a pipeline that hangs (an engine waiting for resources it will never get) instead of
+    letting it block the suite; the fixtures' teardown then stops the engine."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"the pipeline ran past {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def engine(name: str):
@@ -167,22 +187,23 @@ def test_ray_data_read_map_batches_write(data, ray_cluster, tmp_path):
     arrivals = tmp_path / "arrivals"
     arrivals.mkdir()
     shipped = Shipped(load_tokenizer("llama3"), str(arrivals))
-    (
-        ray.data.read_parquet(str(folder / "chats.parquet"))
-        # One file is one block: split it (streaming, no shuffle) so that both actors get work.
-        .repartition(target_num_rows_per_block=500)
-        .map_batches(
-            RayTokenizeAndMask,
-            fn_constructor_args=(shipped, RESPONSE, INSTRUCTIONS),
-            batch_format="pyarrow",
-            batch_size=250,
-            # Two actors of half a CPU each: on a 2-CPU cluster, whole CPUs for both would leave
-            # none for the read and write tasks, and the pipeline would wait forever.
-            compute=ray.data.ActorPoolStrategy(size=2),
-            num_cpus=0.5,
+    with deadline(PIPELINE_TIMEOUT_S):
+        (
+            ray.data.read_parquet(str(folder / "chats.parquet"))
+            # One file is one block: split it (streaming, no shuffle) so that both actors get work.
+            .repartition(target_num_rows_per_block=500)
+            .map_batches(
+                RayTokenizeAndMask,
+                fn_constructor_args=(shipped, RESPONSE, INSTRUCTIONS),
+                batch_format="pyarrow",
+                batch_size=250,
+                # Two actors of half a CPU each: on a 2-CPU cluster, whole CPUs for both would leave
+                # none for the read and write tasks, and the pipeline would wait forever.
+                compute=ray.data.ActorPoolStrategy(size=2),
+                num_cpus=0.5,
+            )
+            .write_parquet(str(tmp_path / "out"))
         )
-        .write_parquet(str(tmp_path / "out"))
-    )
     assert_every_row(pq.read_table(tmp_path / "out"), rows, expected)
     per_process = arrivals_per_process(arrivals)
     assert 1 <= len(per_process) <= 2 and set(per_process.values()) == {1}, per_process
@@ -234,9 +255,10 @@ def test_spark_map_in_arrow(data, spark, tmp_path):
     tokenizer = spark.sparkContext.broadcast(Shipped(load_tokenizer("llama3"), str(arrivals)))
     schema = "id long, source string, input_ids array<int>, labels array<int>, length int"
     df = spark.read.parquet(str(folder / "chats.parquet")).repartition(6)
-    df.mapInArrow(spark_tokenize_and_mask(tokenizer, RESPONSE, INSTRUCTIONS), schema).write.parquet(
-        str(tmp_path / "out")
-    )
+    with deadline(PIPELINE_TIMEOUT_S):
+        df.mapInArrow(spark_tokenize_and_mask(tokenizer, RESPONSE, INSTRUCTIONS), schema).write.parquet(
+            str(tmp_path / "out")
+        )
     assert_every_row(pq.read_table(tmp_path / "out"), rows, expected)
     per_process = arrivals_per_process(arrivals)
     assert 1 <= len(per_process) <= 2 and set(per_process.values()) == {1}, per_process
