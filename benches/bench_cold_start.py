@@ -12,6 +12,10 @@ Every Ray/Spark/``num_proc`` worker pays this once. Measured, each in its own fr
   ``backend_tokenizer.to_str()`` (what every tokenizer took before, and what one takes when its
   file is not at hand or does not match);
 * ``to_str() alone``: ``backend_tokenizer.to_str()``, for scale;
+* ``first encoder``: the Rust tokenizer ``tokenize_and_mask`` encodes with (merges and all),
+  built from the tokenizer.json the tokenizer was loaded from plus its live parts, against the
+  same through ``to_str()`` and against ``tokenizers.Tokenizer.from_file`` (the floor: an
+  encoder must parse the file);
 * ``unpickle collator``: ``pickle.loads`` of a pickled collator in a worker-like fresh process,
   and the part of it spent in the collator's own ``__setstate__`` (what sftmask adds to a
   worker's start; the rest is ``tokenizers`` rebuilding the tokenizer from its JSON, also shown
@@ -83,6 +87,22 @@ if what == "to_str":
     sys.exit(0)
 if what == "collator_to_str":
     _tokenizer._source_file = lambda tokenizer: None
+if what in ("encoder", "encoder_to_str"):
+    from sftmask import preprocess
+    if what == "encoder_to_str":
+        _tokenizer._source_file = lambda tokenizer: None
+    t0 = time.perf_counter()
+    preprocess._encoder(tok)
+    t1 = time.perf_counter()
+    print(json.dumps({"ms": (t1 - t0) * 1e3}))
+    sys.exit(0)
+if what == "tokenizers_from_file":
+    from tokenizers import Tokenizer
+    t0 = time.perf_counter()
+    Tokenizer.from_file(folder + "/tokenizer.json")
+    t1 = time.perf_counter()
+    print(json.dumps({"ms": (t1 - t0) * 1e3}))
+    sys.exit(0)
 t0 = time.perf_counter()
 c = sftmask.DataCollatorForCompletionOnlyLM(sys.argv[3], tokenizer=tok)
 t1 = time.perf_counter()
@@ -152,6 +172,7 @@ def fresh(args: list[str], before: Path | None = None) -> dict[str, float]:
 def measure(folder: Path, repeat: int, scratch: Path, before: Path | None) -> dict[str, float]:
     collator_pkl, tokenizer_pkl = scratch / "collator.pkl", scratch / "tokenizer.pkl"
     keys = ("fast", "to_str_path", "to_str", "unpickle_c", "unpickle_share", "unpickle_t")
+    keys += ("encoder", "encoder_to_str", "tokenizers_load")
     keys += ("before", "before_share") if before is not None else ()
     runs: dict[str, list[float]] = {k: [] for k in keys}
     for i in range(repeat):
@@ -164,6 +185,9 @@ def measure(folder: Path, repeat: int, scratch: Path, before: Path | None) -> di
         runs["unpickle_c"].append(worker["ms"])
         runs["unpickle_share"].append(worker["setstate_ms"])
         runs["unpickle_t"].append(fresh([str(folder), "unpickle_tokenizer", str(tokenizer_pkl)])["ms"])
+        runs["encoder"].append(fresh([str(folder), "encoder"])["ms"])
+        runs["encoder_to_str"].append(fresh([str(folder), "encoder_to_str"])["ms"])
+        runs["tokenizers_load"].append(fresh([str(folder), "tokenizers_from_file"])["ms"])
         if before is not None:
             old_pkl = scratch / "collator_before.pkl"
             extra = [str(old_pkl), str(scratch / "tokenizer_before.pkl")] if i == 0 else []
@@ -180,6 +204,9 @@ def table(results: dict[str, dict[str, float]], sizes: dict[str, int], repeat: i
         ("`pickle.loads` of a pickled collator (tokenizer included)", "unpickle_c"),
         ("… of which sftmask's rebuild (the collator's `__setstate__`)", "unpickle_share"),
         ("`pickle.loads` of the tokenizer alone, for scale", "unpickle_t"),
+        ("first `tokenize_and_mask` encoder (its tokenizer.json + the loaded tokenizer's parts)", "encoder"),
+        ("first `tokenize_and_mask` encoder through `to_str()` (the path before; the fallback)", "encoder_to_str"),
+        ("`tokenizers.Tokenizer.from_file` of the same file (the floor for an encoder)", "tokenizers_load"),
         ("before: first collator, the `--before` build", "before"),
         ("before: its collator's `__setstate__` in a worker", "before_share"),
     ]

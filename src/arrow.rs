@@ -22,6 +22,9 @@ use arrow_array::{Array, ArrayRef, GenericStringArray, Int32Array, ListArray, Of
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
 
+mod messages;
+pub use messages::{tokenize_conversations_batches, value_at, ArrowConversations};
+
 /// The columns preprocessing adds, in output order.
 pub const OUTPUT_COLUMNS: [&str; 3] = ["input_ids", "labels", "length"];
 
@@ -66,10 +69,14 @@ fn is_text(data_type: &DataType) -> bool {
 /// [`Error::MissingColumn`] when there is no `column`; [`Error::ColumnType`] when it is not a
 /// string column; [`Error::InvalidArgument`] when another column already has an output name.
 pub fn output_schema(input: &Schema, column: &str) -> Result<SchemaRef> {
-    let text = text_index(input, column)?;
+    output_schema_without(input, text_index(input, column)?)
+}
+
+/// The output schema: the input's fields but the one at `consumed`, then the output columns.
+fn output_schema_without(input: &Schema, consumed: usize) -> Result<SchemaRef> {
     let mut fields: Vec<FieldRef> = Vec::with_capacity(input.fields().len() + 2);
     for (i, field) in input.fields().iter().enumerate() {
-        if i == text {
+        if i == consumed {
             continue;
         }
         if OUTPUT_COLUMNS.contains(&field.name().as_str()) {
@@ -89,18 +96,23 @@ pub fn output_schema(input: &Schema, column: &str) -> Result<SchemaRef> {
     Ok(Arc::new(Schema::new(fields)))
 }
 
-fn text_index(input: &Schema, column: &str) -> Result<usize> {
-    let Some(i) = input.fields().iter().position(|f| f.name() == column) else {
+/// The index of `column` in `input`, or the error naming the columns there are.
+fn column_index(input: &Schema, column: &str) -> Result<usize> {
+    input.fields().iter().position(|f| f.name() == column).ok_or_else(|| {
         let columns: Vec<String> = input.fields().iter().map(|f| py_repr(f.name())).collect();
-        return Err(Error::MissingColumn {
+        Error::MissingColumn {
             column: column.to_owned(),
             columns: if columns.is_empty() {
                 "none".into()
             } else {
                 columns.join(", ")
             },
-        });
-    };
+        }
+    })
+}
+
+fn text_index(input: &Schema, column: &str) -> Result<usize> {
+    let i = column_index(input, column)?;
     let found = input.field(i).data_type();
     if !is_text(found) {
         return Err(Error::ColumnType {
@@ -110,6 +122,18 @@ fn text_index(input: &Schema, column: &str) -> Result<usize> {
         });
     }
     Ok(i)
+}
+
+/// A batch must have its stream's columns (a C-interface producer may send anything).
+fn check_batch(batch: &RecordBatch, schema: &Schema) -> Result<()> {
+    if batch.num_columns() != schema.fields().len() {
+        return Err(Error::Arrow(format!(
+            "a batch has {} columns, its schema {}",
+            batch.num_columns(),
+            schema.fields().len()
+        )));
+    }
+    Ok(())
 }
 
 /// Appends the texts of `array` (rows `first_row..` of the input) to `out`.
@@ -238,13 +262,7 @@ pub fn tokenize_and_mask_batches(
     }
     let mut texts = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
     for batch in batches {
-        if batch.num_columns() != schema.fields().len() {
-            return Err(Error::Arrow(format!(
-                "a batch has {} columns, its schema {}",
-                batch.num_columns(),
-                schema.fields().len()
-            )));
-        }
+        check_batch(batch, schema)?;
         push_texts(batch.column(text), column, texts.len(), &mut texts)?;
     }
 
@@ -262,6 +280,25 @@ pub fn tokenize_and_mask_batches(
         labels.extend(row_labels.iter().map(|&l| l as i32));
     })?;
 
+    let batches = output_batches(&out_schema, batches, text, &lengths, ids, labels)?;
+    Ok(ArrowEncoded {
+        schema: out_schema,
+        batches,
+        stats,
+    })
+}
+
+/// The output batches: each input batch's columns but the one at `consumed`, then its rows'
+/// `input_ids`, `labels` and `length`; `lengths` are the rows' token counts (rows numbered
+/// across batches), `ids` and `labels` all rows' values end to end.
+fn output_batches(
+    out_schema: &SchemaRef,
+    batches: &[RecordBatch],
+    consumed: usize,
+    lengths: &[usize],
+    ids: Vec<i32>,
+    labels: Vec<i32>,
+) -> Result<Vec<RecordBatch>> {
     // One buffer per output column, each batch's lists a zero-copy slice of it.
     let (ids, labels) = (Buffer::from_vec(ids), Buffer::from_vec(labels));
     let item = Arc::new(Field::new_list_field(DataType::Int32, true));
@@ -296,21 +333,17 @@ pub fn tokenize_and_mask_batches(
             .columns()
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != text)
+            .filter(|(i, _)| *i != consumed)
             .map(|(_, c)| Arc::clone(c))
             .collect();
         columns.push(list(&ids)?);
         columns.push(list(&labels)?);
         columns.push(Arc::new(Int32Array::from_iter_values(lens.iter().map(|&l| l as i32))));
-        out.push(RecordBatch::try_new(Arc::clone(&out_schema), columns).map_err(|e| Error::Arrow(e.to_string()))?);
+        out.push(RecordBatch::try_new(Arc::clone(out_schema), columns).map_err(|e| Error::Arrow(e.to_string()))?);
         row += n;
         token += batch_tokens;
     }
-    Ok(ArrowEncoded {
-        schema: out_schema,
-        batches: out,
-        stats,
-    })
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -323,13 +356,7 @@ mod tests {
     use crate::encode::tokenize_and_mask;
     use crate::{Template, TrainOn, Vocab};
 
-    const JSON: &str = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "post_processor": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-          "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-          "vocab": {"U": 0, "A": 1, ":": 2, "Ġ": 3, "x": 4, "y": 5, "Ċ": 6}, "merges": []}}"#;
+    use crate::test_support::BYTE_TOKENIZER as JSON;
 
     fn setup() -> (Tokenizer, Masker) {
         let tokenizer: Tokenizer = JSON.parse().unwrap();

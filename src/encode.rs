@@ -156,13 +156,7 @@ mod tests {
     use super::*;
     use crate::{Template, TrainOn, Vocab};
 
-    const JSON: &str = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "post_processor": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-          "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-          "vocab": {"U": 0, "A": 1, ":": 2, "Ġ": 3, "x": 4, "y": 5, "Ċ": 6}, "merges": []}}"#;
+    use crate::test_support::BYTE_TOKENIZER as JSON;
 
     fn setup(instructions: &[&str]) -> (Tokenizer, Masker) {
         let tokenizer: Tokenizer = JSON.parse().unwrap();

@@ -8,7 +8,7 @@
 //! are the response) -> [`labels`] (the overlap rule) -> [`batch`] (pad or flatten into the
 //! output buffers), driven row by row by [`masker`] on a fork-safe pool ([`pool`]). [`trl`] holds
 //! TRL 0.19.1's token-level rule for `compat="trl"`. [`encode`] tokenizes and masks in one pass
-//! (the preprocessing API); `arrow` (cargo feature `arrow`) does the same over Arrow record
+//! (the preprocessing API) with a tokenizer built by [`load`]; `arrow` (cargo feature `arrow`) does the same over Arrow record
 //! batches; [`pack`] packs masked rows into bins (best-fit decreasing); [`messages`] renders
 //! conversations with their chat template ([`chat`]) and labels the assistant turns.
 //! The optional `python` feature adds the PyO3 binding (`src/python/`, one file per Python
@@ -35,6 +35,7 @@ pub mod engine;
 pub mod error;
 pub mod fastbpe;
 pub mod labels;
+pub mod load;
 pub mod masker;
 pub mod messages;
 pub mod options;
@@ -46,6 +47,9 @@ pub mod stats;
 pub mod text;
 pub mod trl;
 pub mod vocab;
+
+#[cfg(test)]
+mod test_support;
 
 #[cfg(feature = "python")]
 mod python;

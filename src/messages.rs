@@ -96,7 +96,8 @@ enum RowOut {
 }
 
 /// Which messages are trained: assistant messages (all, or the last under [`TrainOn::Last`]),
-/// unless a message's `"train"` says otherwise.
+/// unless a message's `"train"` says otherwise (a user, system or tool message with `"train":
+/// true` trains its content).
 fn trained_messages(messages: &[Value], train_on: TrainOn) -> std::result::Result<Vec<bool>, String> {
     let role = |m: &Value| m.get_attr("role").ok().and_then(|r| r.as_str().map(str::to_owned));
     let last = messages.iter().rposition(|m| role(m).as_deref() == Some("assistant"));
@@ -114,13 +115,6 @@ fn trained_messages(messages: &[Value], train_on: TrainOn) -> std::result::Resul
             } else {
                 return Err(format!("message {i}: \"train\" must be true or false, got {flag}"));
             };
-            if train && !is_assistant {
-                return Err(format!(
-                    "message {i}: \"train\": true on a {} message is not supported yet (only assistant \
-                     messages are trained)",
-                    role(m).unwrap_or_else(|| "role-less".into())
-                ));
-            }
             Ok(train)
         })
         .collect()
@@ -178,6 +172,37 @@ fn content_start(
         && real[at..].starts_with(content.as_str())
         && real[at + content.len()..] == with_sentinel[at + SENTINEL.len()..];
     (once && same).then_some(at)
+}
+
+/// The bytes of the content of message `i` (not an assistant message) in the full rendering
+/// `full`: located by [`content_start`] in the rendering of `items[..=i]`, which must be a prefix
+/// of `full`; `None` when either check fails (never a guessed range).
+fn content_span(
+    template: &ChatTemplate,
+    items: &[Value],
+    i: usize,
+    tools: Option<&Value>,
+    extra: &[(String, Value)],
+    full: &str,
+) -> Option<(usize, usize)> {
+    let content = items.get(i)?.get_attr("content").ok()?;
+    let len = content.as_str()?.len();
+    let prefix = template
+        .render(&Value::from(items[..=i].to_vec()), tools, extra, false)
+        .ok()?;
+    if !full.starts_with(&prefix) {
+        return None;
+    }
+    let start = content_start(template, items, i, tools, extra)?;
+    Some((start, start + len))
+}
+
+fn is_assistant(message: &Value) -> bool {
+    message
+        .get_attr("role")
+        .ok()
+        .and_then(|r| r.as_str().map(|r| r == "assistant"))
+        == Some(true)
 }
 
 fn has_reasoning(message: &Value) -> bool {
@@ -259,6 +284,16 @@ pub fn tokenize_conversations(
                             .into(),
                     ));
                 }
+                if let Some(i) = (0..items.len()).find(|&i| trained[i] && !is_assistant(&items[i])) {
+                    return Err(row_err(
+                        r,
+                        format!(
+                            "message {i}: \"train\": true on a message that is not the assistant's is not \
+                             supported yet for conversations rendered by transformers (the Rust renderer cannot \
+                             render this template)"
+                        ),
+                    ));
+                }
                 let mut spans = Vec::new();
                 for (i, _) in trained.iter().enumerate().filter(|(_, t)| **t) {
                     match located.iter().find(|l| l.message == i).map(|l| &l.span) {
@@ -304,6 +339,22 @@ pub fn tokenize_conversations(
                             }
                             spans.push((start, g.end, g.marker.is_some()));
                         }
+                        // Other messages flagged `"train": true`: their content, exactly.
+                        for i in (0..items.len()).filter(|&i| trained[i] && !is_assistant(&items[i])) {
+                            match content_span(template, &items, i, conv.tools.as_ref(), extra, &text) {
+                                // Not a turn of the model's: no end-of-turn marker to count.
+                                Some((s, e)) => spans.push((s, e, true)),
+                                None => {
+                                    not_located = Some(format!(
+                                        "message {i} (\"train\": true): its content cannot be located exactly \
+                                         in the rendering (the template transforms it, or renders it differently \
+                                         once later messages follow)"
+                                    ));
+                                    break;
+                                }
+                            }
+                        }
+                        spans.sort_unstable();
                         (text, spans)
                     }
                     Err(e @ ChatError::NotLocated { .. }) => {
@@ -387,6 +438,9 @@ pub fn tokenize_conversations(
                 }
                 out.stats.add_row(r, &stats, false);
                 out.stats.turns_without_end_marker += unmarked;
+                if unmarked > 0 {
+                    out.stats.turns_without_end_marker_rows.push(r);
+                }
                 out.input_ids.push(ids);
                 out.labels.push(labels);
             }

@@ -47,6 +47,9 @@ pub struct Stats {
     pub missing_instruction_rows: Vec<usize>,
     /// Indices (within this call) of the conversations counted in `rows_not_located`.
     pub not_located_rows: Vec<usize>,
+    /// Indices (within this call) of the conversations with a turn counted in
+    /// `turns_without_end_marker`.
+    pub turns_without_end_marker_rows: Vec<usize>,
 }
 
 impl Stats {

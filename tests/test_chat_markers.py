@@ -209,6 +209,9 @@ def test_collator_uses_the_markers_and_pickles() -> None:
     restored = pickle.loads(pickle.dumps(collator))
     assert restored.chat_markers == collator.chat_markers
     assert (restored([ids])["labels"] == collator([ids])["labels"]).all()
+    # TRL's own mode takes the templates it would be given, never derived ones.
+    with pytest.raises(sftmask.OptionError, match="compat='exact'"):
+        sftmask.DataCollatorForCompletionOnlyLM(tokenizer=tok, compat="trl")
 
 
 def test_no_chat_template_names_both_ways_out(tok_path: str) -> None:

@@ -200,3 +200,76 @@ def test_a_pickled_collator_rebuilds_from_the_file(tmp_path, spy):
     labels = worker([{"input_ids": ids}])["labels"]
     assert (labels == c([{"input_ids": ids}])["labels"]).all()
     assert tok.decode([i for i in labels[0].tolist() if i != -100]) == "hello<|eot_id|>"
+
+
+# The preprocessing encoder (a whole `tokenizers` tokenizer, merges included) takes the same path:
+# built from the file plus the loaded tokenizer's parts, it must encode as the loaded tokenizer does.
+
+
+def _encodes_alike(encoder, tok):
+    backend = tok.backend_tokenizer
+    specials = [t for t in tok.all_special_tokens if t]
+    for text in [*_TEXTS, *(s + t for s in specials for t in _TEXTS)]:
+        for add in (False, True):
+            want = backend.encode(text, add_special_tokens=add).ids
+            assert encoder.encode_batch([text], add_special_tokens=add)[0] == want, (text, add)
+
+
+def test_every_family_builds_its_encoder_from_the_file(tmp_path, family):
+    tok = _load(_folder(tmp_path, family))
+    encoder = _tokenizer.encoder_from_file(tok)
+    if type(tok.backend_tokenizer.model).__name__ != "BPE":
+        assert encoder is None, "only BPE models are rebuilt from the file"
+        return
+    assert encoder is not None
+    _encodes_alike(encoder, tok)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "mistral_v1", "llama3"])
+def test_the_encoder_has_the_tokens_added_after_load(tmp_path, family):
+    tok = _load(_folder(tmp_path, family))
+    tok.add_special_tokens({"pad_token": "<my_pad>"})
+    tok.add_tokens(["brandnewword"])
+    encoder = _tokenizer.encoder_from_file(tok)
+    assert encoder is not None
+    _encodes_alike(encoder, tok)
+    assert encoder.encode_batch(["<my_pad>brandnewword"], add_special_tokens=False)[0] == [
+        tok.pad_token_id,
+        tok.convert_tokens_to_ids("brandnewword"),
+    ]
+
+
+def test_the_encoder_has_a_component_swapped_after_load(tmp_path):
+    from tokenizers import normalizers
+
+    tok = _load(_folder(tmp_path, "qwen2"))
+    tok.backend_tokenizer.normalizer = normalizers.Lowercase()
+    encoder = _tokenizer.encoder_from_file(tok)
+    assert encoder is not None
+    _encodes_alike(encoder, tok)
+    assert encoder.encode_batch(["HELLO"], add_special_tokens=False) == encoder.encode_batch(["hello"])
+
+
+def test_a_model_with_other_merges_is_caught_by_the_probe(tmp_path):
+    # Same vocabulary (so the sample passes), no merges: only encoding tells.
+    from tokenizers import models
+
+    tok = _load(_folder(tmp_path, "gpt2"))
+    model = tok.backend_tokenizer.model
+    n = tok.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+    tok.backend_tokenizer.model = models.BPE(vocab={model.id_to_token(i): i for i in range(n)}, merges=[])
+    assert _tokenizer.encoder_from_file(tok) is None
+    out = sftmask.tokenize_and_mask(["Hello world"], tok, "world")
+    assert out["input_ids"][0] == tok("Hello world")["input_ids"]
+
+
+def test_no_file_or_a_call_state_takes_to_str(tmp_path):
+    folder = _folder(tmp_path, "qwen2")
+    tok = _load(folder)
+    tok(["a b c d e f"], truncation=True, max_length=2)
+    assert _tokenizer.encoder_from_file(tok) is None
+    text = "a b c d e f"
+    assert sftmask.tokenize_and_mask([text], tok, "c")["input_ids"][0] == _load(folder)(text)["input_ids"]
+    gone = _load(folder)
+    shutil.rmtree(folder)
+    assert _tokenizer.encoder_from_file(gone) is None

@@ -30,6 +30,7 @@ def namespace() -> dict:
     from transformers import AutoTokenizer
 
     from sftmask._data import demo_tokenizer_dir
+    from sftmask._tokenizer import _live_parts
 
     folder = demo_tokenizer_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -47,6 +48,8 @@ def namespace() -> dict:
         "tokenizer_json": path,
         "vocab": vocab,
         "enc": enc,
+        "backend": tokenizer.backend_tokenizer,
+        "live_parts": _live_parts(tokenizer.backend_tokenizer),
         "vocab_ids": lambda text: enc.encode_batch([text], add_special_tokens=False)[0],
         "chat": chat,
         "ids": ids,

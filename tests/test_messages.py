@@ -204,13 +204,58 @@ def test_train_on_last_and_flags(name: str) -> None:
     assert out_flag == out_last
 
 
-def test_train_true_on_a_user_message_is_a_clear_error() -> None:
+def _with_content_trained(tok: Any, source: str, messages: list[dict[str, Any]], i: int) -> tuple[list, list]:
+    """Truth for a non-assistant message ``i`` flagged ``"train": True``: the rule's labels plus
+    the tokens overlapping its content, found here as the one place the full rendering differs
+    from the rendering with that content replaced by a marker (transformers renders both)."""
+    special = {k: getattr(tok, k) for k in _SPECIAL_KEYS if isinstance(getattr(tok, k), str)}
+    unflagged = [{k: v for k, v in m.items() if k != "train"} for m in messages]
+    kind, (ids, labels) = truth(tok, source, {"messages": unflagged, "tools": None})
+    assert kind == "ok"
+    full = _render(source, unflagged, None, False, special, {})
+    probe = [dict(m) for m in unflagged]
+    probe[i]["content"] = "\ue000"
+    marked = _render(source, probe, None, False, special, {})
+    start = marked.index("\ue000")
+    content = unflagged[i]["content"]
+    assert full[start : start + len(content)] == content and marked.count("\ue000") == 1
+    lo, hi = len(full[:start].encode()), len(full[: start + len(content)].encode())
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    byte_end = [len(full[:e].encode()) for _, e in enc["offset_mapping"]]
+    out, prev = list(labels), 0
+    for k, (token, end) in enumerate(zip(ids, byte_end)):
+        end = max(end, prev)
+        if (end > prev and prev < hi and end > lo) or (end == prev and lo <= prev < hi):
+            out[k] = token
+        prev = end
+    return ids, out
+
+
+@pytest.mark.parametrize("name, i", [(QWEN, 1), (QWEN, 0), (LLAMA, 0), (LLAMA, 3)])
+def test_train_true_on_another_message_trains_its_content(name: str, i: int) -> None:
+    tok = tokenizer_for(name)
+    flagged = [dict(m) for m in TWO_TURNS]
+    flagged[i]["train"] = True
+    ids, want = _with_content_trained(tok, _TEMPLATES[name], flagged, i)
+    out, stats = sftmask.tokenize_and_mask([TWO_TURNS, flagged], tok, return_stats=True)
+    assert out["input_ids"][1] == ids and out["labels"][1] == want
+    assert out["labels"][1] != out["labels"][0]
+    assert stats.rows_not_located == 0
+
+
+def test_train_true_on_a_transformed_content_is_not_located() -> None:
+    # The template strips the content: where it sits cannot be proven, so the row is not located.
+    source = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     tok = tokenizer_for(QWEN)
-    bad = [dict(m) for m in TWO_TURNS]
-    bad[1]["train"] = True
-    with pytest.raises(sftmask.RowError, match="not supported yet") as e:
-        sftmask.tokenize_and_mask([TWO_TURNS, bad], tok)
-    assert e.value.row == 1
+    flagged = [dict(m) for m in TWO_TURNS]
+    flagged[1] = {**flagged[1], "content": "  Hi  ", "train": True}
+    out, stats = sftmask.tokenize_and_mask(
+        [TWO_TURNS, flagged], tok, chat_template=source, on_missing="ignore", return_stats=True
+    )
+    assert stats.not_located_rows == [1] and set(out["labels"][1]) == {-100}
 
 
 def test_max_length_truncation_is_counted() -> None:

@@ -14,8 +14,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sftmask import _arrow
 from sftmask._core import ChatTemplate, MissingTemplateWarning, OptionError, OptionTypeError
 from sftmask._core import tokenize_conversations as _tokenize_conversations
+from sftmask._core import tokenize_conversations_arrow as _tokenize_conversations_arrow
 from sftmask._errors import row_error
 
 _SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -151,7 +153,8 @@ def tokenize_conversations(
     on_missing: str,
     num_threads: int | None,
     template_kwargs: dict[str, Any],
-) -> tuple[dict[str, Any], Any]:
+    messages_column: str = "messages",
+) -> tuple[Any, Any]:
     """See ``sftmask.tokenize_and_mask`` (conversations, no response_template)."""
     if reasoning not in ("train", "mask"):
         raise OptionError(f"reasoning must be 'train' or 'mask', got {reasoning!r}")
@@ -159,6 +162,22 @@ def tokenize_conversations(
         raise OptionError("add_generation_prompt is never used when training: the conversation is rendered whole")
     if on_missing not in ("warn", "error", "ignore"):
         raise OptionError(f"on_missing must be 'warn', 'error' or 'ignore', got {on_missing!r}")
+    if _arrow.is_arrow(rows):
+        return _tokenize_arrow(
+            rows,
+            tokenizer,
+            encoder,
+            chat_template=chat_template,
+            tools=tools,
+            messages_column=messages_column,
+            train_on=train_on,
+            reasoning=reasoning,
+            ignore_index=ignore_index,
+            max_length=max_length,
+            on_missing=on_missing,
+            num_threads=num_threads,
+            template_kwargs=template_kwargs,
+        )
     if is_batch(rows):
         conversations = list(rows["messages"])
         row_tools = list(rows["tools"]) if tools is None and "tools" in rows else [tools] * len(conversations)
@@ -203,12 +222,76 @@ def tokenize_conversations(
         input_ids, labels, stats, _, not_located = _tokenize_conversations(
             template, encoder, texts, rendered=rendered, **options
         )
-    if not_located and on_missing == "warn":
+    if on_missing == "warn":
+        _warn_not_located(not_located, len(texts), name, ignore_index)
+    return {"input_ids": input_ids, "labels": labels}, stats
+
+
+def _warn_not_located(not_located: list[tuple[int, str]], rows: int, name: str, ignore_index: int) -> None:
+    if not_located:
         r, reason = not_located[0]
         warnings.warn(
-            f"{len(not_located)} of {len(texts)} conversations have a trained turn that cannot be located exactly "
+            f"{len(not_located)} of {rows} conversations have a trained turn that cannot be located exactly "
             f"in the rendering of {name} (row {r}: {reason}); all their labels are {ignore_index}",
             MissingTemplateWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return {"input_ids": input_ids, "labels": labels}, stats
+
+
+def _tokenize_arrow(
+    data: Any,
+    tokenizer: Any,
+    encoder: Any,
+    *,
+    chat_template: str | None,
+    tools: Any,
+    messages_column: str,
+    template_kwargs: dict[str, Any],
+    **options: Any,
+) -> tuple[Any, Any]:
+    """Arrow conversations: rendered, tokenized and labelled in Rust straight from the Arrow
+    arrays; a table whose template the Rust renderer cannot render goes through the list path
+    (transformers renders it) and is turned back into a table."""
+    import pyarrow as pa
+
+    if not isinstance(messages_column, str):
+        raise OptionTypeError(f"messages_column must be a str, got {type(messages_column).__name__}")
+    source, name = template_source(tokenizer, chat_template)
+    special = _special(tokenizer)
+    try:
+        kwargs_json = json.dumps(template_kwargs, ensure_ascii=False, allow_nan=False)
+        tools_json = None if tools is None else json.dumps(tools, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise OptionTypeError(f"tools and template kwargs must be plain data (JSON-serializable): {e}") from None
+    # The schema decides whether there is a tools column (a stream is read once, in Rust).
+    table = data if isinstance(data, (pa.Table, pa.RecordBatch)) else pa.table(data)
+    tools_column = "tools" if tools is None and "tools" in table.schema.names else None
+    capsule, stats, _, not_located = _tokenize_conversations_arrow(
+        table,
+        compiled(source, special),
+        encoder,
+        column=messages_column,
+        tools_column=tools_column,
+        tools_json=tools_json,
+        kwargs_json=kwargs_json,
+        **options,
+    )
+    if capsule is not None:
+        if options["on_missing"] == "warn":
+            _warn_not_located(not_located, table.num_rows, name, options["ignore_index"])
+        return _arrow.table(capsule), stats
+    # The fallback: the list path renders with transformers (and warns); same rows, same columns.
+    rows = {"messages": table.column(messages_column).to_pylist()}
+    if tools_column:
+        rows["tools"] = table.column(tools_column).to_pylist()
+    out, stats = tokenize_conversations(
+        rows, tokenizer, encoder, chat_template=chat_template, tools=tools, template_kwargs=template_kwargs, **options
+    )
+    lists = pa.list_(pa.int32())
+    result = table.drop_columns([messages_column])
+    if isinstance(result, pa.RecordBatch):
+        result = pa.Table.from_batches([result])
+    result = result.append_column("input_ids", pa.array(out["input_ids"], type=lists))
+    result = result.append_column("labels", pa.array(out["labels"], type=lists))
+    result = result.append_column("length", pa.array([len(i) for i in out["input_ids"]], type=pa.int32()))
+    return result, stats

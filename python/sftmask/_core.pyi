@@ -34,6 +34,7 @@ __all__ = [
     "tokenize_and_mask",
     "tokenize_and_mask_arrow",
     "tokenize_conversations",
+    "tokenize_conversations_arrow",
 ]
 
 __version__: Final[str]
@@ -73,6 +74,7 @@ class Stats:
         rows_not_located: int = 0,
         turns_without_end_marker: int = 0,
         not_located_rows: Sequence[int] = ...,
+        turns_without_end_marker_rows: Sequence[int] = ...,
     ) -> Stats: ...
     @property
     def rows(self) -> int: ...
@@ -100,6 +102,8 @@ class Stats:
     def turns_without_end_marker(self) -> int: ...
     @property
     def not_located_rows(self) -> list[int]: ...
+    @property
+    def turns_without_end_marker_rows(self) -> list[int]: ...
     @property
     def trained_fraction(self) -> float: ...
     @property
@@ -169,6 +173,10 @@ class Masker:
 class Encoder:
     @staticmethod
     def from_json(json: str, *, engine: str = "auto") -> Encoder: ...
+    @staticmethod
+    def from_parts(
+        parts: str, tokenizer_file: str | os.PathLike[str], *, engine: str = "auto"
+    ) -> tuple[Encoder, str | None, int | None, list[tuple[int, str]]]: ...
     @property
     def engine(self) -> str: ...
     @property
@@ -229,6 +237,22 @@ def tokenize_conversations(
     reasoning: str = "train",
     num_threads: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]], Stats, list[tuple[int, str]], list[tuple[int, str]]]: ...
+def tokenize_conversations_arrow(
+    data: object,
+    template: ChatTemplate,
+    encoder: Encoder,
+    *,
+    column: str = "messages",
+    tools_column: str | None = None,
+    tools_json: str | None = None,
+    kwargs_json: str = "{}",
+    train_on: str = "all",
+    ignore_index: int = -100,
+    max_length: int | None = None,
+    on_missing: str = "warn",
+    reasoning: str = "train",
+    num_threads: int | None = None,
+) -> tuple[Any | None, Stats | None, list[tuple[int, str]], list[tuple[int, str]]]: ...
 
 @final
 class PackStats:

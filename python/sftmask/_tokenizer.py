@@ -57,10 +57,24 @@ def _live_parts(backend: Any) -> str:
     head: dict[str, Any] = {"type": kind}
     if kind == "BPE":
         head["byte_fallback"] = bool(model.byte_fallback)
+        # The rest of the options the encoder checks against the file (sftmask::load).
+        head["dropout"] = model.dropout
+        head["unk_token"] = model.unk_token
+        head["end_of_word_suffix"] = model.end_of_word_suffix
+        head["fuse_unk"] = bool(model.fuse_unk)
+        head["ignore_merges"] = bool(model.ignore_merges)
     if kind in ("BPE", "WordPiece"):
         head["continuing_subword_prefix"] = model.continuing_subword_prefix
     added = [
-        {"id": int(i), "content": t.content, "special": bool(t.special), "normalized": bool(t.normalized)}
+        {
+            "id": int(i),
+            "content": t.content,
+            "special": bool(t.special),
+            "normalized": bool(t.normalized),
+            "single_word": bool(t.single_word),
+            "lstrip": bool(t.lstrip),
+            "rstrip": bool(t.rstrip),
+        }
         for i, t in sorted(backend.get_added_tokens_decoder().items())
     ]
     out = ['{"model":', json.dumps(head), ',"added_tokens":', json.dumps(added)]
@@ -93,6 +107,52 @@ def _source_file(tokenizer: Any) -> str | None:
     return found if isinstance(found, str) and os.path.isfile(found) else None
 
 
+def _file_matches(backend: Any, kind: str | None, n: int | None, sample: list[tuple[int, str]]) -> bool:
+    """Whether a file's model (its type, size and the token at sampled ids) is the loaded one's."""
+    model = backend.model
+    if kind != type(model).__name__ or n is None or n != backend.get_vocab_size(with_added_tokens=False):
+        return False
+    return all(model.id_to_token(i) == token for i, token in sample)
+
+
+def encoder_from_file(tokenizer: Any, engine: str = "auto") -> Any:
+    """The Rust encoder (with ``engine``) of a transformers tokenizer built from the tokenizer.json
+    it was loaded from and its live parts, when that file is at hand and provably its vocabulary
+    (as for the table); ``None`` otherwise (the caller serializes the tokenizer with ``to_str()``)."""
+    from sftmask._core import Encoder
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        parts = _live_parts(backend)
+    except Exception:
+        return None
+    file = _source_file(tokenizer)
+    if file is None:
+        return None
+    if backend.truncation is not None or backend.padding is not None:
+        return None  # the probe below would see the last call's state, not the tokenizer
+    try:
+        encoder, kind, n, sample = Encoder.from_parts(parts, file, engine=engine)
+    except (TokenizerError, OSError, ValueError):
+        return None
+    if not _file_matches(backend, kind, n, sample):
+        return None
+    # The merges are not visible from Python: a model swapped for one with the file's vocabulary
+    # but other merges would pass the sample. Both must encode a probe text alike.
+    probe = encoder.encode_batch([_PROBE], add_special_tokens=False)[0]
+    return encoder if probe == backend.encode(_PROBE, add_special_tokens=False).ids else None
+
+
+#: Words, numbers, whitespace runs, punctuation and several scripts: text whose tokens take merges
+#: of every kind.
+_PROBE = (
+    "The quick brown fox jumps over 13 lazy dogs; it's 2026-12-01, isn't it?  Tabs\tand\nnewlines\r\n"
+    "internationalization mississippi ... naïve café 東京タワー 你好世界 Привет мир مرحبا 🤗👍 <tag> x=y+1"
+)
+
+
 def _vocab_from_file(backend: Any, parts: str, file: str) -> Vocab | None:
     """The table from the loaded tokenizer's `parts` and the vocabulary of `file`, when the file's
     vocabulary is provably the loaded model's: same model type, no id twice in the file, as many
@@ -104,12 +164,7 @@ def _vocab_from_file(backend: Any, parts: str, file: str) -> Vocab | None:
         vocab, kind, n, sample = Vocab.from_parts(parts, file)
     except (TokenizerError, OSError, ValueError):
         return None
-    model = backend.model
-    if kind != type(model).__name__ or n is None or n != backend.get_vocab_size(with_added_tokens=False):
-        return None
-    if any(model.id_to_token(i) != token for i, token in sample):
-        return None
-    return vocab
+    return vocab if _file_matches(backend, kind, n, sample) else None
 
 
 def _cached_vocab(owner: Any, backend: Any, source: Any = None) -> Vocab:

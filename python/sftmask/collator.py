@@ -228,6 +228,12 @@ class DataCollatorForCompletionOnlyLM:
             self.chat_markers = _markers_for(tokenizer)
             response_template = self.response_template = self.chat_markers.response_template
             instruction_template = self.instruction_template = list(self.chat_markers.instruction_templates)
+        if compat == "trl" and labels == "mask" and response_template is None:
+            raise OptionError(
+                "compat='trl' reproduces TRL 0.19.1, which needs the templates it was given: pass "
+                "response_template=… (and instruction_template=…); to derive them from the chat template "
+                "(sftmask.chat_markers), use the default compat='exact'"
+            )
         if compat == "trl" and labels == "mask":
             response, instructions = self._trl_templates(tokenizer, info, response_template, instruction_template, pad)
         else:

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sftmask import _chat, _tokenizer
+from sftmask import _arrow, _chat, _tokenizer
 from sftmask._core import Encoder, Masker, MissingTemplateWarning, OptionError, OptionTypeError
 from sftmask._core import tokenize_and_mask as _tokenize_and_mask
 from sftmask._core import tokenize_and_mask_arrow as _tokenize_and_mask_arrow
@@ -65,7 +65,9 @@ def _encoder(tokenizer: Any, engine: str = "auto") -> Encoder:
             hit = next(((s, e) for o, s, e in _encoders_strong if o is owner or o == owner), None)
     if hit is not None and hit[0] == size:
         return hit[1]
-    encoder = Encoder.from_json(_tokenizer_json(tokenizer), engine=engine)
+    encoder = _tokenizer.encoder_from_file(tokenizer, engine) or Encoder.from_json(
+        _tokenizer_json(tokenizer), engine=engine
+    )
     with _lock:
         try:
             _encoders[owner] = (size, encoder)
@@ -156,29 +158,6 @@ def _texts(rows: Any, tokenizer: Any) -> tuple[list[str], bool]:
     )
 
 
-def _is_arrow(data: Any) -> bool:
-    """Arrow data by the PyCapsule interface: pyarrow, polars, DuckDB, nanoarrow… tables."""
-    return hasattr(data, "__arrow_c_stream__") or hasattr(data, "__arrow_c_array__")
-
-
-class _ArrowStream:
-    """Hands the core's output stream (an ``arrow_array_stream`` capsule) to ``pyarrow.table``."""
-
-    def __init__(self, capsule: Any) -> None:
-        self._capsule = capsule
-
-    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
-        return self._capsule
-
-
-def _arrow_table(capsule: Any) -> Any:
-    try:
-        import pyarrow as pa
-    except ImportError:  # pragma: no cover - Arrow input without pyarrow: polars, DuckDB
-        raise OptionTypeError("Arrow output is a pyarrow.Table: install pyarrow (pip install pyarrow)") from None
-    return pa.table(_ArrowStream(capsule))
-
-
 def tokenize_and_mask(
     texts_or_messages: Sequence[str] | Sequence[Sequence[Mapping[str, Any]]] | Any,
     tokenizer: Any,
@@ -196,6 +175,7 @@ def tokenize_and_mask(
     num_threads: int | None = None,
     return_stats: bool = False,
     text_column: str = "text",
+    messages_column: str = "messages",
     engine: str = "auto",
     **template_kwargs: Any,
 ) -> Any:
@@ -226,8 +206,9 @@ def tokenize_and_mask(
     name and its thread pool survives ``fork``.
 
     Arrow in, Arrow out: given a ``pyarrow.Table`` or ``RecordBatch`` (or any object with
-    ``__arrow_c_stream__``/``__arrow_c_array__``) with a ``text`` column, it returns a
-    ``pyarrow.Table``: the other columns unchanged, then ``input_ids`` and ``labels``
+    ``__arrow_c_stream__``/``__arrow_c_array__``) with a ``text`` column (texts) or a ``messages``
+    column (conversations), it returns a ``pyarrow.Table``: the other columns unchanged, then
+    ``input_ids`` and ``labels``
     (``list<int32>``) and ``length`` (``int32``), rows as the list API makes them. Built in
     Rust straight into Arrow buffers, for ``datasets`` (``ds.with_format("arrow")``), Ray Data
     (``batch_format="pyarrow"``) and Spark's ``mapInArrow``.
@@ -243,6 +224,9 @@ def tokenize_and_mask(
     >>> tokenize_and_mask(pa.table({"id": [7], "text": ["<|im_start|>assistant\\nHi<|im_end|>"]}),
     ...                   tokenizer, "<|im_start|>assistant\\n").column_names
     ['id', 'input_ids', 'labels', 'length']
+    >>> table = tokenize_and_mask(pa.table({"id": [7], "messages": [chat]}), tokenizer)
+    >>> table.column("labels").to_pylist() == tokenize_and_mask([chat], tokenizer)["labels"]
+    True
 
     Args:
         texts_or_messages: a list of texts, a list of conversations, a ``datasets`` batch
@@ -277,6 +261,9 @@ def tokenize_and_mask(
             truncated rows, trained tokens, …).
         text_column: Arrow input only: the column of texts (dropped from the output; the table
             must not already have ``input_ids``, ``labels`` or ``length`` columns).
+        messages_column: Arrow conversations only: the column of conversations
+            (``list<struct<role, content, …>>``; dropped from the output). A ``tools`` column,
+            if there is one and ``tools=`` is not given, gives each row its tools (and stays).
         engine: how texts become ids (docs/fast-tokenization.md): ``"auto"`` (default) uses
             sftmask's fast byte-level BPE path where it reproduces the ``tokenizers`` library
             exactly for this tokenizer (Llama-3, Qwen2/2.5/3, GPT-2, Tekken; the same ids and token
@@ -310,6 +297,7 @@ def tokenize_and_mask(
             on_missing=on_missing,
             num_threads=num_threads,
             template_kwargs=template_kwargs,
+            messages_column=messages_column,
         )
         return (out, stats) if return_stats else out
     if chat_template is not None or tools is not None or template_kwargs or reasoning != "train":
@@ -321,7 +309,7 @@ def tokenize_and_mask(
         texts_or_messages = list(texts_or_messages["messages"])
     if isinstance(response_template, str) and not response_template:
         raise OptionError("response_template is empty")
-    arrow = _is_arrow(texts_or_messages)
+    arrow = _arrow.is_arrow(texts_or_messages)
     if arrow:
         if not isinstance(text_column, str):
             raise OptionTypeError(f"text_column must be a str, got {type(text_column).__name__}")
@@ -350,7 +338,7 @@ def tokenize_and_mask(
             add_special_tokens=add_special_tokens,
             max_length=max_length,
         )
-        out = _arrow_table(capsule)
+        out = _arrow.table(capsule)
     else:
         input_ids, labels, stats = _tokenize_and_mask(
             texts, _encoder(tokenizer, engine), masker, add_special_tokens=add_special_tokens, max_length=max_length

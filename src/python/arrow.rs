@@ -13,6 +13,7 @@ use arrow_schema::{DataType, Schema};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyCapsuleMethods};
 
+use super::chat::{conversation_options, parse_kwargs, parse_value, PyChatTemplate};
 use super::convert::Count;
 use super::encoder::PyEncoder;
 use super::errors::{core, detach_guarded, guarded, option_type_err};
@@ -128,24 +129,113 @@ pub(crate) fn tokenize_and_mask_arrow<'py>(
     let (tokenizer, m) = (&*encoder.inner, masker.masker());
     let input = guarded(|| import(data))?;
     let out = core(detach_guarded(py, move || {
-        // A stream is read here, without the GIL: its producer takes the GIL itself if it
-        // needs it (a Python-backed reader), as the C stream interface requires.
-        let (schema, batches): (std::sync::Arc<Schema>, Vec<RecordBatch>) = match input {
-            Input::Stream(reader) => {
-                let schema = reader.schema();
-                let batches = reader
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Error::Arrow(format!("reading the input stream failed: {e}")))?;
-                (schema, batches)
-            }
-            Input::Batch(batch) => (batch.schema(), vec![batch]),
-        };
+        let (schema, batches) = read(input)?;
         crate::arrow::tokenize_and_mask_batches(tokenizer, m, &schema, &batches, column, options, threads)
     })?)?;
+    let stats = out.stats.clone();
+    let capsule = export(py, out)?;
+    Ok((capsule, stats.into()))
+}
+
+/// Reads an input stream or batch into its schema and batches (called without the GIL).
+fn read(input: Input) -> crate::Result<(std::sync::Arc<Schema>, Vec<RecordBatch>)> {
+    // A stream is read here, without the GIL: its producer takes the GIL itself if it needs it
+    // (a Python-backed reader), as the C stream interface requires.
+    Ok(match input {
+        Input::Stream(reader) => {
+            let schema = reader.schema();
+            let batches = reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Arrow(format!("reading the input stream failed: {e}")))?;
+            (schema, batches)
+        }
+        Input::Batch(batch) => (batch.schema(), vec![batch]),
+    })
+}
+
+/// An output table as an ``arrow_array_stream`` capsule.
+fn export<'py>(py: Python<'py>, out: crate::arrow::ArrowEncoded) -> PyResult<Bound<'py, PyCapsule>> {
     let reader = RecordBatchIterator::new(out.batches.into_iter().map(Ok), out.schema);
     let stream = FFI_ArrowArrayStream::new(Box::new(reader));
     // The capsule owns the stream until a consumer moves it out; dropping an unread one
     // releases the batches.
-    let capsule = PyCapsule::new_with_value(py, stream, STREAM)?;
-    Ok((capsule, out.stats.into()))
+    PyCapsule::new_with_value(py, stream, STREAM)
+}
+
+/// What `tokenize_conversations_arrow` returns: `(stream | None, stats | None, fallback,
+/// not_located)`.
+type ConversationsOut<'py> = (
+    Option<Bound<'py, PyCapsule>>,
+    Option<PyStats>,
+    Vec<(usize, String)>,
+    Vec<(usize, String)>,
+);
+
+/// Renders the conversations in column ``column`` of Arrow data (``list<struct<role, content,
+/// …>>``) with ``template``, tokenizes and labels them in parallel without the GIL, as
+/// ``tokenize_conversations`` does for JSON rows. Returns ``(stream, stats, fallback,
+/// not_located)``: ``stream`` an ``arrow_array_stream`` PyCapsule of the table (the other
+/// columns, then ``input_ids``, ``labels``, ``length``), or ``None`` (with ``stats``) when
+/// ``fallback`` lists rows the Rust renderer cannot render (the caller renders the table
+/// elsewhere).
+///
+/// >>> import pyarrow as pa
+/// >>> t = ChatTemplate("{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}")
+/// >>> table = pa.table({"id": [3], "messages": [[{"role": "assistant", "content": "Hi"}]]})
+/// >>> capsule, stats, fallback, bad = tokenize_conversations_arrow(table, t, enc)
+/// >>> pa.table(type("S", (), {"__arrow_c_stream__": lambda self, schema=None: capsule})()).column_names
+/// ['id', 'input_ids', 'labels', 'length']
+/// >>> stats.rows, fallback, bad
+/// (1, [], [])
+#[pyfunction]
+#[pyo3(signature = (data, template, encoder, *, column = "messages", tools_column = None, tools_json = None, kwargs_json = "{}",
+                    train_on = "all", ignore_index = -100, max_length = None, on_missing = "warn",
+                    reasoning = "train", num_threads = None),
+       text_signature = "(data, template, encoder, *, column='messages', tools_column=None, tools_json=None, kwargs_json='{}', train_on='all', ignore_index=-100, max_length=None, on_missing='warn', reasoning='train', num_threads=None)")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tokenize_conversations_arrow<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    template: &PyChatTemplate,
+    encoder: &PyEncoder,
+    column: &str,
+    tools_column: Option<&str>,
+    tools_json: Option<&str>,
+    kwargs_json: &str,
+    train_on: &str,
+    ignore_index: i64,
+    max_length: Option<Count>,
+    on_missing: &str,
+    reasoning: &str,
+    num_threads: Option<Count>,
+) -> PyResult<ConversationsOut<'py>> {
+    let options = conversation_options(train_on, ignore_index, max_length, on_missing, reasoning)?;
+    let kwargs = parse_kwargs(kwargs_json)?;
+    let tools = tools_json.map(parse_value).transpose()?;
+    let threads = num_threads.map_or_else(crate::pool::default_threads, |c| c.0.min(4096));
+    let tokenizer = &*encoder.inner;
+    let input = guarded(|| import(data))?;
+    let out = core(detach_guarded(py, move || {
+        let (schema, batches) = read(input)?;
+        crate::arrow::tokenize_conversations_batches(
+            template.template(),
+            tokenizer,
+            &schema,
+            &batches,
+            column,
+            tools_column,
+            tools.as_ref(),
+            &kwargs,
+            options,
+            threads,
+        )
+    })?)?;
+    let (capsule, stats) = match out.encoded {
+        Some(encoded) => {
+            let stats = encoded.stats.clone().into();
+            (Some(export(py, encoded)?), Some(stats))
+        }
+        None => (None, None),
+    };
+    Ok((capsule, stats, out.fallback, out.not_located))
 }

@@ -68,8 +68,13 @@ fn parse_list(json: &str, what: &str) -> PyResult<Vec<Value>> {
     serde_json::from_str(json).map_err(|e| option_err(format!("{what}: {e}")))
 }
 
+/// A JSON value (the tools given for every row).
+pub(crate) fn parse_value(json: &str) -> PyResult<Value> {
+    serde_json::from_str(json).map_err(|e| option_err(format!("tools_json: {e}")))
+}
+
 /// A JSON object as its (key, value) pairs, in order (the template kwargs).
-fn parse_kwargs(json: &str) -> PyResult<Vec<(String, Value)>> {
+pub(crate) fn parse_kwargs(json: &str) -> PyResult<Vec<(String, Value)>> {
     let v: Value = serde_json::from_str(json).map_err(|e| option_err(format!("kwargs_json: {e}")))?;
     let keys = v
         .try_iter()
@@ -82,7 +87,38 @@ fn parse_kwargs(json: &str) -> PyResult<Vec<(String, Value)>> {
         .collect())
 }
 
+/// The options of a conversations call, parsed once.
+pub(crate) fn conversation_options(
+    train_on: &str,
+    ignore_index: i64,
+    max_length: Option<Count>,
+    on_missing: &str,
+    reasoning: &str,
+) -> PyResult<ConversationOptions> {
+    let train_reasoning = match reasoning {
+        "train" => true,
+        "mask" => false,
+        other => {
+            return Err(option_err(format!(
+                "reasoning must be 'train' or 'mask', got {other:?}"
+            )))
+        }
+    };
+    Ok(ConversationOptions {
+        train_on: core(train_on.parse())?,
+        ignore_index,
+        max_length: max_length.map(|c| c.0),
+        on_missing: core(on_missing.parse())?,
+        train_reasoning,
+    })
+}
+
 impl PyChatTemplate {
+    /// The compiled template, or why the Rust renderer cannot render it.
+    pub(crate) fn template(&self) -> Result<&ChatTemplate, &String> {
+        self.inner.as_ref()
+    }
+
     fn compiled(&self) -> Result<&ChatTemplate, ChatError> {
         self.inner.as_ref().map_err(|e| ChatError::Unsupported(e.clone()))
     }
@@ -221,22 +257,7 @@ pub(crate) fn tokenize_conversations(
     reasoning: &str,
     num_threads: Option<Count>,
 ) -> PyResult<Tokenized> {
-    let train_reasoning = match reasoning {
-        "train" => true,
-        "mask" => false,
-        other => {
-            return Err(option_err(format!(
-                "reasoning must be 'train' or 'mask', got {other:?}"
-            )))
-        }
-    };
-    let options = ConversationOptions {
-        train_on: core(train_on.parse())?,
-        ignore_index,
-        max_length: max_length.map(|c| c.0),
-        on_missing: core(on_missing.parse())?,
-        train_reasoning,
-    };
+    let options = conversation_options(train_on, ignore_index, max_length, on_missing, reasoning)?;
     let kwargs = parse_kwargs(kwargs_json)?;
     let threads = num_threads.map_or_else(crate::pool::default_threads, |c| c.0.min(4096));
     let mut rendered = rendered.unwrap_or_default();
@@ -275,8 +296,7 @@ pub(crate) fn tokenize_conversations(
                 conv.rendered = Some((text, located));
             }
         }
-        let template = template.inner.as_ref();
-        crate::messages::tokenize_conversations(template, tokenizer, &convs, &kwargs, options, threads)
+        crate::messages::tokenize_conversations(template.template(), tokenizer, &convs, &kwargs, options, threads)
     })?;
     let out = core(out)?;
     Ok((

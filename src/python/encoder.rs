@@ -5,11 +5,14 @@
 use pyo3::prelude::*;
 
 use super::convert::Count;
-use super::errors::{core, detach_guarded, row_err, tokenizer_err};
+use super::errors::{core, detach_guarded, row_err};
 use super::masker::PyMasker;
 use super::stats::PyStats;
 use crate::encode::EncodeOptions;
 use crate::engine::{EngineChoice, TokenEngine, Tokenize};
+
+/// What `Encoder.from_parts` returns: the encoder and the file's model type, size and sample.
+type FromParts = (PyEncoder, Option<String>, Option<usize>, Vec<(u32, String)>);
 
 /// A tokenizer run in Rust, so that the demo and the preprocessing API need no Python tokenizer.
 ///
@@ -30,16 +33,52 @@ pub struct PyEncoder {
 
 #[pymethods]
 impl PyEncoder {
-    /// Loads a tokenizer from the text of a tokenizer.json.
+    /// Loads a tokenizer from the text of a tokenizer.json, without the truncation and padding
+    /// state a transformers tokenizer's last call leaves in it (``sftmask::load::from_json``).
+    ///
+    /// >>> import json
+    /// >>> spec = json.loads(open(tokenizer_json, encoding="utf-8").read())
+    /// >>> spec["truncation"] = {"direction": "Right", "max_length": 1, "strategy": "LongestFirst", "stride": 0}
+    /// >>> len(Encoder.from_json(json.dumps(spec)).encode_batch(["a b c"], add_special_tokens=False)[0]) > 1
+    /// True
     #[staticmethod]
     #[pyo3(signature = (json, *, engine = "auto"))]
     fn from_json(py: Python<'_>, json: &str, engine: &str) -> PyResult<Self> {
         let choice = core(EngineChoice::parse(engine))?;
-        let inner = detach_guarded(py, || TokenEngine::from_json(json, choice))?.map_err(|e| match e {
-            crate::error::Error::TokenizerJson(e) => tokenizer_err(format!("could not load tokenizer.json: {e}")),
-            e => super::errors::core_err(e),
-        })?;
+        let inner = core(detach_guarded(py, || TokenEngine::from_json(json, choice))?)?;
         Ok(PyEncoder { inner: Box::new(inner) })
+    }
+
+    /// Loads the BPE tokenizer of the file ``tokenizer_file`` with the components ``parts``
+    /// reports for a loaded tokenizer (``sftmask::load::from_parts``), sparing its
+    /// ``to_str()``; ``engine`` as for ``from_json``. Returns ``(encoder, kind, len, sample)``:
+    /// the caller checks the loaded model's type, size and the token at each sampled id before
+    /// using the encoder.
+    ///
+    /// >>> enc, kind, n, sample = Encoder.from_parts(live_parts, tokenizer_json)
+    /// >>> kind, n == backend.get_vocab_size(with_added_tokens=False), enc.engine
+    /// ('BPE', True, 'fast')
+    #[staticmethod]
+    #[pyo3(signature = (parts, tokenizer_file, *, engine = "auto"))]
+    fn from_parts(
+        py: Python<'_>,
+        parts: &str,
+        tokenizer_file: std::path::PathBuf,
+        engine: &str,
+    ) -> PyResult<FromParts> {
+        let choice = core(EngineChoice::parse(engine))?;
+        let built = detach_guarded(py, || {
+            let text = std::fs::read_to_string(&tokenizer_file)
+                .map_err(|e| crate::Error::TokenizerJson(format!("cannot read {}: {e}", tokenizer_file.display())))?;
+            TokenEngine::from_parts(parts, &text, choice)
+        })?;
+        let (inner, check) = core(built)?;
+        Ok((
+            PyEncoder { inner: Box::new(inner) },
+            check.kind,
+            check.len,
+            check.sample,
+        ))
     }
 
     /// ``"fast"`` or ``"tokenizers"``: which engine tokenizes.

@@ -21,14 +21,13 @@ use pyo3::prelude::*;
 #[pymodule]
 mod _core {
     #[pymodule_export]
-    use super::arrow::tokenize_and_mask_arrow;
+    use super::arrow::{tokenize_and_mask_arrow, tokenize_conversations_arrow};
     #[pymodule_export]
     use super::chat::{tokenize_conversations, PyChatTemplate};
     #[pymodule_export]
     use super::encoder::{tokenize_and_mask, PyEncoder};
     #[pymodule_export]
     use super::masker::PyMasker;
-    #[pymodule_export]
     #[pymodule_export]
     use super::pack::pack;
     #[pymodule_export]

@@ -59,6 +59,9 @@ pub struct PyStats {
     /// Rows of this call counted in rows_not_located.
     #[pyo3(get)]
     not_located_rows: Vec<usize>,
+    /// Rows of this call with a turn counted in turns_without_end_marker.
+    #[pyo3(get)]
+    turns_without_end_marker_rows: Vec<usize>,
 }
 
 impl From<Stats> for PyStats {
@@ -77,11 +80,12 @@ impl From<Stats> for PyStats {
             rows_not_located: s.rows_not_located,
             turns_without_end_marker: s.turns_without_end_marker,
             not_located_rows: s.not_located_rows,
+            turns_without_end_marker_rows: s.turns_without_end_marker_rows,
         }
     }
 }
 
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 14] = [
     "rows",
     "tokens",
     "trained_tokens",
@@ -95,6 +99,7 @@ const FIELDS: [&str; 13] = [
     "rows_not_located",
     "turns_without_end_marker",
     "not_located_rows",
+    "turns_without_end_marker_rows",
 ];
 
 #[pymethods]
@@ -103,7 +108,8 @@ impl PyStats {
     #[pyo3(signature = (*, rows = 0, tokens = 0, trained_tokens = 0, straddling_tokens = 0, rows_without_template = 0,
                         rows_without_instruction_template = 0, rows_without_trained_tokens = 0, rows_truncated = 0,
                         missing_rows = Vec::new(), missing_instruction_rows = Vec::new(), rows_not_located = 0,
-                        turns_without_end_marker = 0, not_located_rows = Vec::new()))]
+                        turns_without_end_marker = 0, not_located_rows = Vec::new(),
+                        turns_without_end_marker_rows = Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         rows: u64,
@@ -119,6 +125,7 @@ impl PyStats {
         rows_not_located: u64,
         turns_without_end_marker: u64,
         not_located_rows: Vec<usize>,
+        turns_without_end_marker_rows: Vec<usize>,
     ) -> Self {
         PyStats {
             rows,
@@ -134,6 +141,7 @@ impl PyStats {
             rows_not_located,
             turns_without_end_marker,
             not_located_rows,
+            turns_without_end_marker_rows,
         }
     }
 

@@ -13,7 +13,7 @@ Every call into the Rust extension is in :func:`_make_maskers`, :func:`_encode` 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -27,6 +27,9 @@ from sftmask.check.tokenizer import Tokenizer
 SAMPLE_ROWS = 20
 
 IGNORE_INDEX = -100
+
+#: A row to show: (0-based index, reason, ids, labels or None when the masker computes them).
+Shown = tuple[int, str, list[int], "list[int] | None"]
 
 
 @dataclass
@@ -42,7 +45,7 @@ class Report:
     column: str | None
     column_kind: str | None
     tokenizer: str
-    response_template: str
+    response_template: str | None  # None: conversations labelled by their chat template
     instruction_templates: list[str]
     train_on: str
     max_length: int | None
@@ -54,10 +57,17 @@ class Report:
     tokens: int = 0
     trained_tokens: int = 0
     straddling_tokens: int = 0
-    trl_rows_lost: int = 0
-    trl_rows_with_different_labels: int = 0
+    trl_rows_lost: int | None = 0  # None: not measured (chat-template mode: TRL needs templates)
+    trl_rows_with_different_labels: int | None = 0
     rows_without_template_sample: list[int] = field(default_factory=list)
     trl_rows_lost_sample: list[int] = field(default_factory=list)
+    # Chat-template mode (a messages column, no --response-template): None otherwise.
+    rows_not_located: int | None = None
+    rows_not_located_sample: list[int] = field(default_factory=list)
+    rows_without_trained_tokens: int | None = None
+    rows_without_trained_tokens_sample: list[int] = field(default_factory=list)
+    turns_without_end_marker: int | None = None
+    turns_without_end_marker_sample: list[int] = field(default_factory=list)
     fail_if_missing_above: float | None = None
     shown: list[dict[str, Any]] = field(default_factory=list)
 
@@ -66,17 +76,31 @@ class Report:
         return self.rows_without_template / self.rows if self.rows else 0.0
 
     @property
+    def chat_template_mode(self) -> bool:
+        return self.response_template is None
+
+    @property
+    def missing_fraction(self) -> float:
+        """What ``--fail-if-missing-above`` limits: rows without a response template, or, in
+        chat-template mode, rows that train nothing (not located, or no trained token left)."""
+        if self.chat_template_mode:
+            return (self.rows_without_trained_tokens or 0) / self.rows if self.rows else 0.0
+        return self.rows_without_template_fraction
+
+    @property
     def trained_fraction(self) -> float:
         return self.trained_tokens / self.tokens if self.tokens else 0.0
 
     @property
-    def trl_rows_lost_fraction(self) -> float:
+    def trl_rows_lost_fraction(self) -> float | None:
+        if self.trl_rows_lost is None:
+            return None
         return self.trl_rows_lost / self.rows if self.rows else 0.0
 
     @property
     def failed(self) -> bool:
         limit = self.fail_if_missing_above
-        return limit is not None and self.rows_without_template_fraction > limit
+        return limit is not None and self.missing_fraction > limit
 
 
 def unescape(template: str) -> str:
@@ -166,11 +190,12 @@ def _collate(masker: Any, rows: list[list[int]], offset: int = 0) -> Masked:
 NO_TEMPLATE, TRL_LOSES = "no response template", "TRL would lose it"
 
 
-def scan(
-    args: argparse.Namespace, progress: Callable[[int], Any] | None = None
-) -> tuple[Report, list[tuple[int, str, list[int]]], Any]:
+def scan(args: argparse.Namespace, progress: Callable[[int], Any] | None = None) -> tuple[Report, list[Shown], Any]:
     """Reads, tokenizes and masks every row; returns the report, the rows to show (0-based index,
-    reason, ids) and what renders them.
+    reason, ids, labels) and ``view(ids, labels)``, which renders one.
+
+    A ``messages`` column with no ``--response-template`` is labelled by the tokenizer's chat
+    template (:func:`sftmask.tokenize_and_mask` on conversations).
 
     ``progress(total_rows)`` makes a progress bar (``update(n)`` after each chunk of ``n`` rows,
     ``close()`` at the end), e.g. ``tqdm`` itself: ``progress=lambda n: tqdm(total=n)``."""
@@ -178,10 +203,12 @@ def scan(
 
     source = open_source(args.data, args.split)
     tok = Tokenizer(args.tokenizer)
-    response = unescape(args.response_template)
+    response = None if args.response_template is None else unescape(args.response_template)
     instructions = [unescape(t) for t in args.instruction_template or []]
-    if not response:
+    if response == "":
         raise CheckError("--response-template is empty")
+    if response is None and instructions:
+        raise CheckError("--instruction-template needs a --response-template (without one, the chat template decides)")
     report = Report(
         data=source.path,
         format=source.format,
@@ -199,6 +226,13 @@ def scan(
     column = pick_column(source, args.column)
     kind = column_kind(source, column)
     report.column, report.column_kind = column, kind
+    if response is None:
+        if kind != "messages":
+            raise CheckError(
+                f"column {column!r} holds {kind}: pass --response-template (only a messages column can be "
+                "labelled by the tokenizer's chat template alone)"
+            )
+        return _scan_conversations(args, source, tok, column, report, progress)
 
     encoder = _encoder(tok.target)
     exact, trl = _make_maskers(tok, encoder, response, instructions, args.train_on, args.num_threads)
@@ -206,34 +240,144 @@ def scan(
 
     want_show = max(args.show, 0)
     candidates: dict[str, list[tuple[int, list[int]]]] = {NO_TEMPLATE: [], TRL_LOSES: [], "": []}
-    offset = 0
+    for offset, chunk in _chunks(source, column, args.batch_size, progress):
+        if kind == "input_ids":
+            rows = [_ids_row(v, offset + i, column) for i, v in enumerate(chunk)]
+        else:
+            texts = chunk
+            if render_messages is not None:
+                texts = _render_chunk(render_messages, chunk, offset, column)
+            bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+            if bad is not None:
+                raise CheckError(f"row {offset + bad + 1}: {column!r} is {type(texts[bad]).__name__}, not text")
+            rows = _encode(encoder, texts, kind == "text", args.num_threads)
+        _scan_chunk(report, rows, offset, exact, trl, args.max_length, candidates, want_show)
+
+    from sftmask.render import render_masked
+
+    def view(ids: list[int], labels: list[int] | None) -> Any:
+        return render_masked(exact, tok.info.vocab, ids, IGNORE_INDEX)
+
+    return report, _pick_shown(candidates, want_show), view
+
+
+def _pick_shown(candidates: dict[str, list[Any]], want_show: int) -> list[Shown]:
+    """Up to ``want_show`` rows, the candidates of each reason in order (rows with problems first)."""
+    shown: list[Shown] = []
+    for reason, items in candidates.items():
+        for row, ids, *labels in items:
+            if len(shown) < want_show and all(row != s[0] for s in shown):
+                shown.append((row, reason, ids, labels[0] if labels else None))
+    return shown
+
+
+#: Why a conversation is shown with ``--show``, in the order rows are picked.
+NOT_LOCATED, NOTHING_TRAINED, NO_END_MARKER = (
+    "a trained turn not located exactly",
+    "no trained token",
+    "a turn without a trained end-of-turn marker",
+)
+
+
+def _scan_conversations(
+    args: argparse.Namespace,
+    source: Any,
+    tok: Tokenizer,
+    column: str,
+    report: Report,
+    progress: Callable[[int], Any] | None,
+) -> tuple[Report, list[Shown], Any]:
+    """Chat-template mode: every conversation rendered with the tokenizer's chat template and
+    labelled as ``tokenize_and_mask`` labels it (no templates to write), then cut to
+    ``--max-length`` as the trainer would."""
+    import warnings
+
+    from sftmask import RowError, render, tokenize_and_mask
+
+    target = tok.transformers()
+    if not getattr(target, "chat_template", None):
+        raise CheckError(
+            f"the tokenizer {tok.spec} has no chat template: pass --response-template (and "
+            "--instruction-template) to label the rendered text by markers instead"
+        )
+    report.trl_rows_lost = report.trl_rows_with_different_labels = None
+    report.rows_not_located = report.rows_without_trained_tokens = report.turns_without_end_marker = 0
+    want_show = max(args.show, 0)
+    candidates: dict[str, list[Any]] = {NOT_LOCATED: [], NOTHING_TRAINED: [], NO_END_MARKER: [], "": []}
+    limit = args.max_length
+    for offset, chunk in _chunks(source, column, args.batch_size, progress):
+        for i, conversation in enumerate(chunk):
+            if not isinstance(conversation, list) or not all(isinstance(m, dict) for m in conversation):
+                raise CheckError(f"row {offset + i + 1}: {column!r} is not a list of {{'role', 'content'}} objects")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # counted below instead
+                out, stats = tokenize_and_mask(
+                    chunk,
+                    target,
+                    train_on=args.train_on,
+                    on_missing="ignore",
+                    return_stats=True,
+                    num_threads=args.num_threads,
+                )
+        except RowError as e:
+            raise CheckError(f"row {offset + e.row + 1}: {first_line(e.reason)}") from None
+        except (ValueError, TypeError) as e:
+            raise CheckError(first_line(e)) from None
+        not_located = set(stats.not_located_rows)
+        unmarked = set(stats.turns_without_end_marker_rows)
+        for i, (ids, labels) in enumerate(zip(out["input_ids"], out["labels"])):
+            row = offset + i
+            kept = labels[:limit] if limit is not None else labels
+            trained = sum(1 for label in kept if label != IGNORE_INDEX)
+            report.rows += 1
+            report.tokens += len(kept)
+            report.trained_tokens += trained
+            if limit is not None and len(ids) > limit:
+                report.rows_truncated += 1
+                if any(label != IGNORE_INDEX for label in labels[limit:]):
+                    report.responses_cut_by_max_length += 1
+            reasons = []
+            if i in not_located:
+                report.rows_not_located += 1
+                _sample(report.rows_not_located_sample, row)
+                reasons.append(NOT_LOCATED)
+            if trained == 0:
+                report.rows_without_trained_tokens += 1
+                _sample(report.rows_without_trained_tokens_sample, row)
+                reasons.append(NOTHING_TRAINED)
+            if i in unmarked:
+                _sample(report.turns_without_end_marker_sample, row)
+                reasons.append(NO_END_MARKER)
+            for reason in [*reasons, ""]:
+                if len(candidates[reason]) < want_show:
+                    candidates[reason].append((row, ids[:limit] if limit else ids, kept))
+        report.turns_without_end_marker += stats.turns_without_end_marker
+
+    def view(ids: list[int], labels: list[int] | None) -> Any:
+        return render({"input_ids": ids, "labels": labels}, target)
+
+    return report, _pick_shown(candidates, want_show), view
+
+
+def _sample(rows: list[int], row: int) -> None:
+    if len(rows) < SAMPLE_ROWS:
+        rows.append(row)
+
+
+def _chunks(source: Any, column: str, size: int, progress: Callable[[int], Any] | None) -> Iterator[tuple[int, list]]:
+    """``(offset, rows)`` of each chunk of ``column``, a progress bar advanced after each."""
     bar = progress(source.num_rows) if progress is not None else None
+    offset = 0
     try:
-        for chunk in source.chunks(column, args.batch_size):
-            if kind == "input_ids":
-                rows = [_ids_row(v, offset + i, column) for i, v in enumerate(chunk)]
-            else:
-                texts = chunk
-                if render_messages is not None:
-                    texts = _render_chunk(render_messages, chunk, offset, column)
-                bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-                if bad is not None:
-                    raise CheckError(f"row {offset + bad + 1}: {column!r} is {type(texts[bad]).__name__}, not text")
-                rows = _encode(encoder, texts, kind == "text", args.num_threads)
-            _scan_chunk(report, rows, offset, exact, trl, args.max_length, candidates, want_show)
+        for chunk in source.chunks(column, size):
+            yield offset, chunk
             offset += len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
-
-    shown: list[tuple[int, str, list[int]]] = []
-    for reason, items in candidates.items():
-        for row, ids in items:
-            if len(shown) < want_show and all(row != s[0] for s in shown):
-                shown.append((row, reason, ids))
-    return report, shown, (exact, tok.info.vocab)
 
 
 def _ids_row(value: Any, row: int, column: str) -> list[int]:

@@ -33,6 +33,7 @@ def as_json(report: Report) -> dict[str, Any]:
     out["rows_without_template_fraction"] = report.rows_without_template_fraction
     out["trained_fraction"] = report.trained_fraction
     out["trl_rows_lost_fraction"] = report.trl_rows_lost_fraction
+    out["missing_fraction"] = report.missing_fraction
     out["failed"] = report.failed
     out["shown"] = report.shown
     return out
@@ -57,48 +58,71 @@ def text_report(report: Report) -> str:
         return f"{x:.2%}"
 
     what = f"column {report.column!r} as {report.column_kind}" if report.column else "no rows"
+    labelled_by = (
+        "labelled by its chat template"
+        if report.chat_template_mode
+        else f"response template {report.response_template!r}"
+        + (f"; instruction templates {report.instruction_templates!r}" if report.instruction_templates else "")
+    )
     lines = [
         f"sftmask check: {report.data} ({report.format}, {what})",
-        f"tokenizer {report.tokenizer}; response template {report.response_template!r}"
-        + (f"; instruction templates {report.instruction_templates!r}" if report.instruction_templates else ""),
+        f"tokenizer {report.tokenizer}; {labelled_by}",
         "",
     ]
-    rows = [
-        ("rows", f"{report.rows}"),
-        (
-            "rows without a response template",
-            f"{report.rows_without_template} ({pct(report.rows_without_template_fraction)})",
-        ),
-    ]
-    if report.max_length is not None:
+    rows = [("rows", f"{report.rows}")]
+    if report.chat_template_mode:
+        nothing = report.rows_without_trained_tokens or 0
         rows += [
-            ("  of which cut by --max-length", str(report.rows_without_template_cut_by_max_length)),
+            ("rows with a trained turn not located exactly", f"{report.rows_not_located}"),
+            ("rows with no trained token", f"{nothing} ({pct(report.missing_fraction)})"),
+            ("trained turns without a trained end-of-turn marker", f"{report.turns_without_end_marker}"),
+        ]
+    else:
+        rows.append(
+            (
+                "rows without a response template",
+                f"{report.rows_without_template} ({pct(report.rows_without_template_fraction)})",
+            )
+        )
+    if report.max_length is not None:
+        if not report.chat_template_mode:
+            rows.append(("  of which cut by --max-length", str(report.rows_without_template_cut_by_max_length)))
+        rows += [
             (f"rows longer than --max-length {report.max_length}", f"{report.rows_truncated}"),
             ("  of which with a response cut short", f"{report.responses_cut_by_max_length}"),
         ]
     rows += [
         ("tokens", f"{report.tokens}"),
         ("trained tokens", f"{report.trained_tokens} ({pct(report.trained_fraction)})"),
-        ("tokens straddling a template boundary", f"{report.straddling_tokens}"),
-        ("rows TRL's token matching would lose", f"{report.trl_rows_lost} ({pct(report.trl_rows_lost_fraction)})"),
-        ("rows whose labels differ from TRL's", f"{report.trl_rows_with_different_labels}"),
     ]
+    if not report.chat_template_mode:
+        lost = report.trl_rows_lost_fraction or 0.0
+        rows += [
+            ("tokens straddling a template boundary", f"{report.straddling_tokens}"),
+            ("rows TRL's token matching would lose", f"{report.trl_rows_lost} ({pct(lost)})"),
+            ("rows whose labels differ from TRL's", f"{report.trl_rows_with_different_labels}"),
+        ]
     width = max(len(k) for k, _ in rows)
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
-    lists = []
-    if report.rows_without_template_sample:
-        lists.append(
-            row_list("rows without a template", report.rows_without_template_sample, report.rows_without_template)
-        )
-    if report.trl_rows_lost_sample:
-        lists.append(row_list("rows TRL would lose", report.trl_rows_lost_sample, report.trl_rows_lost))
+    samples = [
+        ("rows without a template", report.rows_without_template_sample, report.rows_without_template),
+        ("rows TRL would lose", report.trl_rows_lost_sample, report.trl_rows_lost),
+        ("rows with a turn not located", report.rows_not_located_sample, report.rows_not_located),
+        ("rows with no trained token", report.rows_without_trained_tokens_sample, report.rows_without_trained_tokens),
+        (
+            "rows with a turn whose end-of-turn marker is untrained",
+            report.turns_without_end_marker_sample,
+            len(report.turns_without_end_marker_sample),
+        ),
+    ]
+    lists = [row_list(label, sample, total or 0) for label, sample, total in samples if sample]
     if lists:
         lines += ["", *lists]
     if report.fail_if_missing_above is not None:
         verdict = "FAILED" if report.failed else "passed"
+        what_missing = "rows with no trained token" if report.chat_template_mode else "rows without a template"
         lines.append(
-            f"{verdict}: {pct(report.rows_without_template_fraction)} of rows without a template "
-            f"(limit {pct(report.fail_if_missing_above)})"
+            f"{verdict}: {pct(report.missing_fraction)} of {what_missing} (limit {pct(report.fail_if_missing_above)})"
         )
     return "\n".join(lines)
 
@@ -130,16 +154,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sftmask.render import legend, render_masked
+    from sftmask.render import legend
 
     if args.fail_if_missing_above is not None and not 0.0 <= args.fail_if_missing_above <= 1.0:
         raise CheckError("--fail-if-missing-above takes a fraction between 0 and 1, e.g. 0.01")
     show_bar = args.progress if args.progress is not None else sys.stderr.isatty()
     report, shown, renderer = scan(args, _progress_bar if show_bar else None)
     views = []
-    for row, reason, ids in shown:
-        exact, vocab = renderer
-        view = render_masked(exact, vocab, ids, -100)
+    for row, reason, ids, labels in shown:
+        view = renderer(ids, labels)
         views.append((row, reason, view))
         report.shown.append(
             {"row": row, "reason": reason or None, "text": view.plain(), "trained_text": view.trained_text()}
@@ -179,7 +202,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--tokenizer", required=True, help="a folder with tokenizer.json, a tokenizer.json, or a transformers name"
     )
-    p.add_argument("--response-template", required=True, help="the text that starts every assistant turn")
+    p.add_argument(
+        "--response-template",
+        help="the text that starts every assistant turn (a messages column without it: labelled by the chat template)",
+    )
     p.add_argument(
         "--instruction-template",
         action="append",
@@ -198,7 +224,10 @@ def add_parser(sub: Any) -> None:
         "--fail-if-missing-above",
         type=float,
         metavar="FRACTION",
-        help="exit with code 1 when more than this fraction of rows has no response template",
+        help=(
+            "exit with code 1 when more than this fraction of rows has no response template "
+            "(chat-template mode: trains no token)"
+        ),
     )
     p.add_argument(
         "--progress",
