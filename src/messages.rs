@@ -1,10 +1,11 @@
 //! Conversations in, exact labels out: render each conversation with its chat template
-//! ([`crate::chat`]), tokenize the text with the `tokenizers` crate (`add_special_tokens=false`:
+//! ([`crate::chat`]), tokenize the text ([`crate::engine`]: `add_special_tokens=false`:
 //! the template writes BOS itself), and train the tokens whose byte spans overlap the trained
 //! assistant messages' regions (the overlap rule of [`crate::labels`]), rows in parallel.
 //!
 //! The rule: SPEC "Chat-template masking" and docs/masking.md#conversations.
 
+use crate::chat::regions::{replace_fields, SENTINEL};
 use crate::chat::{ChatError, ChatTemplate, Value};
 use crate::engine::Tokenize;
 use crate::error::{Error, Result};
@@ -124,9 +125,6 @@ fn bool_of(v: &Value) -> Option<bool> {
     (v.kind() == minijinja::value::ValueKind::Bool).then(|| v.is_true())
 }
 
-/// A text no real content holds (private-use characters around a name).
-const SENTINEL: &str = "\u{E000}sftmask-content\u{E001}";
-
 /// Where the content of assistant message `i` starts in the rendering of `items[..=i]`, found
 /// exactly: the message is rendered once more with its content replaced by a sentinel, which must
 /// occur once, and putting the content back in place of the sentinel must give the real rendering
@@ -142,25 +140,8 @@ fn content_start(
     let message = items.get(i)?;
     let content = message.get_attr("content").ok()?;
     let content = content.as_str()?.to_owned();
-    // The same message with the sentinel as content, its keys in their order: rebuilt through
-    // JSON, as the rows were parsed (minijinja builds ordered maps only when deserializing).
-    let mut json = String::from("{");
-    for (n, k) in message.try_iter().ok()?.enumerate() {
-        let v = if k.as_str() == Some("content") {
-            Value::from(SENTINEL)
-        } else {
-            message.get_item(&k).ok()?
-        };
-        if n > 0 {
-            json.push(',');
-        }
-        json.push_str(&serde_json::to_string(&k).ok()?);
-        json.push(':');
-        json.push_str(&serde_json::to_string(&v).ok()?);
-    }
-    json.push('}');
     let mut probe = items[..=i].to_vec();
-    probe[i] = serde_json::from_str(&json).ok()?;
+    probe[i] = replace_fields(message, &["content"], SENTINEL)?;
     let with_sentinel = template.render(&Value::from(probe), tools, extra, false).ok()?;
     let real = template
         .render(&Value::from(items[..=i].to_vec()), tools, extra, false)
@@ -322,8 +303,12 @@ pub fn tokenize_conversations(
                         for g in regions {
                             let mut start = g.start;
                             if !options.train_reasoning && has_reasoning(&items[g.message]) {
-                                match content_start(template, &items, g.message, conv.tools.as_ref(), extra) {
-                                    Some(at) if (g.start..=g.end).contains(&at) => start = at,
+                                // The content's start in the turn rendered last, mapped into the
+                                // full rendering (where history may have dropped a part before it).
+                                let at = content_start(template, &items, g.message, conv.tools.as_ref(), extra)
+                                    .and_then(|at| g.from_last(at));
+                                match at {
+                                    Some(at) => start = at,
                                     _ => {
                                         return Err(row_err(
                                             r,
@@ -511,10 +496,13 @@ mod tests {
                 .trained_tokens,
             3
         );
-        let bad = TWO_TURNS.replacen(r#""content": "x"}"#, r#""content": "x", "train": true}"#, 1);
-        let err = run(&[conv(&bad)], ConversationOptions::default()).unwrap_err();
-        assert_eq!(err.row(), Some(0));
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        // A user message flagged trains its content (`x`, id 3), nothing of its turn around it.
+        let user = TWO_TURNS.replacen(r#""content": "x"}"#, r#""content": "x", "train": true}"#, 1);
+        let out = run(&[conv(&user)], ConversationOptions::default()).unwrap();
+        assert_eq!(
+            out.labels[0],
+            [-100, -100, 3, -100, -100, 4, 5, -100, -100, -100, -100, -100, 4, 4, 5]
+        );
     }
 
     #[test]

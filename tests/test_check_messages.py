@@ -15,11 +15,20 @@ import pytest
 from sftmask.cli import main
 from test_messages import _TEMPLATES, QWEN, plain_conversations, tokenizer_for, truth
 
-#: The generation prompt says "model", the turns "assistant": no assistant turn has an exact start.
+#: An answer gets "[old]" written into it once a later message follows: that earlier turn is not
+#: the text it was as the last one, with nothing left out, so it cannot be located exactly.
 UNLOCATABLE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>model\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.role == 'assistant' and not loop.last %}[old]{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def _rewritten(messages):
+    """Whether an assistant message is followed by another message (rendered with "[old]")."""
+    return any(m["role"] == "assistant" for m in messages[:-1])
+
+
 #: No special token ends a turn: its end-of-turn marker cannot be trained.
 UNMARKED = (
     "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
@@ -94,11 +103,11 @@ def test_not_located_and_unmarked_rows_are_reported_and_shown(tmp_path, capsys):
     data = _write(tmp_path / "chats.jsonl", convs)
     code, out, _ = _check(capsys, data, _folder(tmp_path / "a", UNLOCATABLE), "--format", "json")
     report = json.loads(out)
-    has_answer = [r for r, c in enumerate(convs) if any(m["role"] == "assistant" for m in c)]
-    assert code == 0 and has_answer
-    assert report["rows_not_located"] == len(has_answer)
-    assert report["rows_not_located_sample"] == has_answer[:20]
-    assert report["trained_tokens"] == 0 and report["rows_without_trained_tokens"] == len(convs)
+    rewritten = [r for r, c in enumerate(convs) if _rewritten(c)]
+    assert code == 0 and rewritten and len(rewritten) < len(convs)
+    assert report["rows_not_located"] == len(rewritten)
+    assert report["rows_not_located_sample"] == rewritten[:20]
+    assert report["rows_without_trained_tokens"] >= len(rewritten)
 
     code, out, _ = _check(capsys, data, _folder(tmp_path / "b", UNMARKED), "--show", "2")
     assert code == 0
@@ -121,7 +130,7 @@ def test_not_located_and_unmarked_rows_are_reported_and_shown(tmp_path, capsys):
 
 
 def test_fail_if_missing_above_counts_rows_that_train_nothing(tmp_path, capsys):
-    convs = plain_conversations(seed=23, count=10)
+    convs = [c for c in plain_conversations(seed=23, count=20) if _rewritten(c)]
     data = _write(tmp_path / "chats.jsonl", convs)
     code, out, _ = _check(capsys, data, _folder(tmp_path, UNLOCATABLE), "--fail-if-missing-above", "0.5")
     assert code == 1 and "FAILED" in out and "rows with no trained token" in out

@@ -1,26 +1,35 @@
 """``tokenize_and_mask`` on conversations: labels equal the SPEC's rule computed here, independently.
 
-Truth (a) of issue 10, computed in this file with transformers only: render the conversation
-(``render_jinja_template``, what ``apply_chat_template(tokenize=False)`` calls); for each trained
-assistant message ``i``, its region runs from the end of ``render(messages[:i],
-add_generation_prompt=True)`` to the last non-whitespace character of ``render(messages[:i+1])``,
-both prefixes of the full text (else the row cannot be located and must be counted, all labels
-ignored); tokenize the full text with the transformers tokenizer (``add_special_tokens=False``) and
-train a token iff its span (from the previous token's end to its own end, in the tokenizer's own
-character offsets) overlaps a region. sftmask renders with minijinja in Rust, tokenizes with the
-``tokenizers`` crate in bytes, and must agree on every template of the corpus.
+Truth (a) of issue 10, computed with transformers only: render the conversation
+(``render_jinja_template``, what ``apply_chat_template(tokenize=False)`` calls); locate each trained
+assistant message by the region rule of docs/masking.md rule 45 (``tests/region_rule.py``: the
+generation prompt, or the whole pieces of a prompt that opens a block, before it; the message
+rendered last, less an end-of-conversation suffix or a part the history leaves out, after it; else
+the row cannot be located and must be counted, all labels ignored); tokenize the full text with the
+transformers tokenizer (``add_special_tokens=False``) and train a token iff its span (from the
+previous token's end to its own end, in the tokenizer's own character offsets) overlaps a region.
+sftmask renders with minijinja in Rust, tokenizes with the ``tokenizers`` crate in bytes, and must
+agree on every template of the corpus. Rows the Rust renderer cannot render go through the
+transformers fallback, which applies the plain prefix rule only (rules S1 and E1): for those rows
+the truth is that rule.
 
-Each template is paired with a real fixture tokenizer (Llama-3 for Llama-3 templates, the
-sentencepiece Mistral one for Mistral templates, Qwen2 otherwise) to which the special-token
-strings of the whole corpus are added: the byte rule does not depend on the vocabulary being the
-model's.
+Truth (b): on every TRL ``*_training`` template, transformers' ``return_assistant_tokens_mask``
+(its ``{% generation %}`` spans) equals sftmask's labels except for whitespace-only tokens at a
+region's edge, and the differences by design listed in ``TRL_DIFFERS``.
+
+Each template is paired with a real fixture tokenizer (Llama-3 for Llama-3 templates, Phi-3 for
+Phi-3, the sentencepiece Mistral one for Mistral templates, Qwen2 otherwise) to which the
+special-token strings of the whole corpus are added: the byte rule does not depend on the
+vocabulary being the model's.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +37,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 from build_chat_templates import chat_templates, conversations, special_tokens
+from region_rule import select_regions
 
 jinja2 = pytest.importorskip("jinja2")
 transformers = pytest.importorskip("transformers")
@@ -36,6 +48,7 @@ from transformers.utils.chat_template_utils import render_jinja_template  # noqa
 
 import sftmask  # noqa: E402
 from conftest import load_tokenizer  # noqa: E402
+from sftmask import _core  # noqa: E402
 
 _TEMPLATES = chat_templates()
 CONVERSATIONS = conversations(seed=3, count=20)
@@ -67,8 +80,9 @@ def _tokenizer(family: str) -> Any:
 
 def tokenizer_for(name: str) -> Any:
     """The fixture tokenizer paired with template ``name``, its special tokens set as the template expects."""
-    lowered = name.lower()
-    family = "llama3" if "llama-3" in lowered else "mistral_v3" if "mistral" in lowered else "qwen2"
+    lowered = name.lower().replace("-", "")
+    families = (("llama3", "llama3"), ("phi3", "phi3"), ("mistral", "mistral_v3"))
+    family = next((f for key, f in families if key in lowered), "qwen2")
     tok = _tokenizer(family)
     special = special_tokens(name)
     for key in _SPECIAL_KEYS:
@@ -96,30 +110,29 @@ def selected(messages: list[dict[str, Any]], train_on: str = "all") -> list[int]
 
 
 def truth(
-    tok: Any, source: str, conv: dict[str, Any], train_on: str = "all", kw: dict | None = None
+    tok: Any, source: str, conv: dict[str, Any], train_on: str = "all", kw: dict | None = None, extended: bool = True
 ) -> tuple[str, Any]:
     """("ok", (ids, labels)), ("not_located", ids) or ("error", why), by the rule in the module doc."""
     kw = kw or {}
     special = {k: getattr(tok, k) for k in _SPECIAL_KEYS if isinstance(getattr(tok, k), str)}
     messages, tools = conv["messages"], conv["tools"]
-    try:
-        full = _render(source, messages, tools, False, special, kw)
-    except Exception as e:
-        return "error", f"{type(e).__name__}: {e}"
+
+    def render(msgs: list[Any], agp: bool) -> str:
+        return _render(source, msgs, tools, agp, special, kw)
+
+    kind, value = select_regions(
+        render, messages, _marker_strings(tok), selected(messages, train_on), extended=extended
+    )
+    if kind == "error":
+        return kind, value
+    full = render(messages, False)
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
-    regions = []
-    for i in selected(messages, train_on):
-        try:
-            prompt = _render(source, messages[:i], tools, True, special, kw)
-            turn = _render(source, messages[: i + 1], tools, False, special, kw)
-        except Exception:
-            return "not_located", ids
-        if not (full.startswith(prompt) and full.startswith(turn)) or len(turn) < len(prompt):
-            return "not_located", ids
-        end = len(prompt) + len(full[len(prompt) : len(turn)].rstrip())
-        if end > len(prompt):
-            regions.append((len(prompt), end))
+    if kind == "not_located":
+        return "not_located", ids
+    raw = full.encode()
+    # Byte offsets from the rule, as character offsets for the tokenizer's own offsets.
+    regions = [(len(raw[:s].decode()), len(raw[:e].decode())) for _, s, e, _ in value[1] if e > s]
     labels, start = [], 0
     for token, (_, stop) in zip(ids, enc["offset_mapping"]):
         stop = max(stop, start)
@@ -132,10 +145,23 @@ def truth(
     return "ok", (ids, labels)
 
 
+def _marker_strings(tok: Any) -> list[str]:
+    """The tokenizer's added tokens: what sftmask treats as markers and prompt pieces too."""
+    return sorted({t.content for t in tok.backend_tokenizer.get_added_tokens_decoder().values() if t.content})
+
+
+def rust_renders(source: str, tok: Any, convs: list[dict[str, Any]]) -> list[bool]:
+    """Whether the Rust renderer renders each conversation (else sftmask falls back to transformers)."""
+    special = {k: getattr(tok, k) for k in _SPECIAL_KEYS if isinstance(getattr(tok, k), str)}
+    template = _core.ChatTemplate(source, **special)
+    return [kind != "unsupported" for kind, _ in template.render(json.dumps(convs))]
+
+
 def check_template(name: str, convs: list[dict[str, Any]], train_on: str = "all") -> dict[str, int]:
     tok = tokenizer_for(name)
     source = _TEMPLATES[name]
-    wanted = [(c, truth(tok, source, c, train_on)) for c in convs]
+    native = rust_renders(source, tok, convs)
+    wanted = [(c, truth(tok, source, c, train_on, extended=n)) for c, n in zip(convs, native)]
     # Conversations transformers cannot render at all are the render tests' business.
     kept = [(c, w) for c, w in wanted if w[0] != "error"]
     if not kept:
@@ -268,7 +294,7 @@ def test_max_length_truncation_is_counted() -> None:
     assert out["labels"] == [labels[:n] for labels in full["labels"]]
 
 
-# One exchange: these templates drop earlier turns' reasoning, so earlier turns are not located.
+# One exchange, reasoning in the last answer (kept by the templates that drop earlier reasoning).
 THINKING = [
     {"role": "system", "content": "Think first."},
     {"role": "user", "content": "3+3?"},
@@ -299,6 +325,26 @@ def test_reasoning_mask_trains_answer_and_marker_only(name: str) -> None:
     # end-of-turn marker are trained either way.
     assert "Add 3 and 3" in trained and trained.endswith(masked)
     assert masked.startswith("6.") and "Add" not in masked and "think" not in masked
+
+
+@pytest.mark.parametrize("name", ["llama_cpp/Qwen-Qwen3-0.6B", "trl/qwen3"])
+def test_reasoning_mask_in_rewritten_history(name: str) -> None:
+    # Qwen3 drops the earlier answer's reasoning from the text: its region is located in the text
+    # (rule E3), and reasoning="mask" finds the content's start through the part left out.
+    tok = tokenizer_for(name)
+    two = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "reasoning_content": "Greet back."},
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6.", "reasoning_content": "Add 3 and 3."},
+    ]
+    out, stats = sftmask.tokenize_and_mask([two], tok, return_stats=True)
+    assert stats.rows_not_located == 0
+    trained = _trained_text(tok, out["labels"][0])
+    assert trained[0] == "Hello!<|im_end|>" and "Add 3 and 3." in trained[1]
+    masked = sftmask.tokenize_and_mask([two], tok, reasoning="mask")
+    assert masked["input_ids"] == out["input_ids"]
+    assert _trained_text(tok, masked["labels"][0]) == ["Hello!<|im_end|>", "6.<|im_end|>"]
 
 
 def test_reasoning_mask_where_the_template_transforms_content_is_an_error() -> None:
@@ -505,3 +551,169 @@ def test_threads_do_not_change_labels() -> None:
     tok = tokenizer_for(QWEN)
     convs = plain_conversations(seed=6, count=60)
     assert sftmask.tokenize_and_mask(convs, tok, num_threads=1) == sftmask.tokenize_and_mask(convs, tok, num_threads=4)
+
+
+# --------------------------------------------------------------------------
+# Truth (b): TRL's {% generation %} spans on its *_training templates.
+# --------------------------------------------------------------------------
+
+_TRAINING = sorted(n for n in _TEMPLATES if n.startswith("trl/") and n.endswith("_training"))
+
+#: Templates whose TRL spans differ from the SPEC's regions by design: template -> (the kinds of
+#: runs of differing tokens allowed, why). A run is "theirs before" (trained by TRL only, right
+#: before a token sftmask trains: the start of a region), "ours before" (trained by sftmask only,
+#: right before a token both train) or "ours after" (sftmask only, right after one both train).
+#: Every other template must agree except for whitespace-only tokens at a region's edge.
+_HEADER = (
+    "TRL trains the header or the block the generation prompt opens, which SPEC rule 5 never trains "
+    "(it is the prompt the model is given)"
+)
+TRL_DIFFERS: dict[str, tuple[set[str], str]] = {
+    **{
+        f"trl/{n}_training": ({"theirs before"}, _HEADER)
+        for n in (
+            "deepseek_r1_distill",  # <｜Assistant｜>; <｜tool▁outputs▁end｜> after tool results
+            "deepseekv3",  # <｜Assistant｜>; <｜tool▁outputs▁end｜> after tool results
+            "gptoss",  # <|start|>assistant
+            "muse_glimmer",  # <|start|>assistant
+            "nemotron_3_5_lightning",  # <think>, opened by the generation prompt
+            "nemotron_3_nano",
+            "nemotron_3_super",
+            "nemotron_3_ultra",
+            "qwen3_5_nothink",  # <think>\n\n</think>, the whole generation prompt's block
+            "qwen3_5_think",  # <think>
+            "qwen3_6",
+            "qwen3_8",
+        )
+    },
+    "trl/diffusion_gemma_training": (
+        {"ours before", "ours after"},
+        "after a tool result the generation prompt is empty, so the <|turn>model header the full rendering "
+        "writes there is the model's to write (rule 3); a tool-calling turn rendered last ends with "
+        "<|tool_response>, its end-of-turn marker (rule 4); TRL marks neither",
+    ),
+}
+
+
+def _edge_whitespace(tok: Any, ids: list[int], t: int, ours: list[bool], theirs: list[bool]) -> bool:
+    """Token ``t`` is whitespace only and next to a region of either mask."""
+    if tok.decode([ids[t]]).strip():
+        return False
+    return any(0 <= n < len(ids) and (ours[n] or theirs[n]) for n in (t - 1, t + 1))
+
+
+def _runs(differ: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for t in differ:
+        if runs and runs[-1][1] == t:
+            runs[-1] = (runs[-1][0], t + 1)
+        else:
+            runs.append((t, t + 1))
+    return runs
+
+
+def _run_kind(a: int, b: int, ours: list[bool], theirs: list[bool]) -> str:
+    mine = ours[a]
+    if any(ours[t] != mine or theirs[t] == mine for t in range(a, b)):
+        return "mixed"
+    after = b < len(ours) and ours[b] and (theirs[b] or not mine)
+    before = a > 0 and ours[a - 1] and theirs[a - 1]
+    if not mine and after:
+        return "theirs before"
+    if mine and b < len(ours) and ours[b] and theirs[b]:
+        return "ours before"
+    if mine and before:
+        return "ours after"
+    return "elsewhere"
+
+
+def trl_compare(name: str, convs: list[dict[str, Any]]) -> tuple[Counter[str], dict[str, set[str]]]:
+    """Per conversation: sftmask's labels against transformers' assistant mask (TRL's spans); the
+    counts, and the text of the differing runs by kind."""
+    tok = tokenizer_for(name)
+    counts: Counter[str] = Counter()
+    texts: dict[str, set[str]] = {}
+    for conv in convs:
+        try:
+            got = tok.apply_chat_template(
+                conv["messages"],
+                tools=conv["tools"],
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+            )
+        except Exception:
+            counts["transformers cannot render"] += 1
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out, stats = sftmask.tokenize_and_mask(
+                [conv["messages"]], tok, tools=conv["tools"], return_stats=True, num_threads=1
+            )
+        ids, labels = out["input_ids"][0], out["labels"][0]
+        assert ids == got["input_ids"], f"{name}: different ids"
+        if stats.rows_not_located:
+            counts["not located"] += 1
+            continue
+        ours = [label != -100 for label in labels]
+        theirs = [bool(m) for m in got["assistant_masks"]]
+        differ = [t for t in range(len(ids)) if ours[t] != theirs[t]]
+        counts["tokens"] += len(ids)
+        counts["trained by both"] += sum(o and t for o, t in zip(ours, theirs))
+        different = False
+        for a, b in _runs(differ):
+            if all(_edge_whitespace(tok, ids, t, ours, theirs) for t in range(a, b)):
+                counts["edge whitespace tokens"] += b - a
+            else:
+                kind = _run_kind(a, b, ours, theirs)
+                counts[f"runs: {kind}"] += 1
+                texts.setdefault(kind, set()).add(tok.decode(ids[a:b]))
+                different = True
+        counts["conversations different" if different else "conversations equal"] += 1
+    return counts, texts
+
+
+@pytest.mark.parametrize("name", _TRAINING)
+def test_labels_equal_trl_generation_spans(name: str) -> None:
+    counts, texts = trl_compare(name, CONVERSATIONS)
+    allowed, why = TRL_DIFFERS.get(name, (set(), ""))
+    assert set(texts) <= allowed, f"{name}: {dict(counts)} {texts}"
+    if allowed:
+        assert texts, f"{name} is listed as differing by design ({why}) and does not"
+    # What TRL trains before a region is template text, nothing of a message: the generation
+    # prompt's text, or special tokens (DeepSeek's <｜tool▁outputs▁end｜> closing the tool results).
+    tok = tokenizer_for(name)
+    hi = [{"role": "user", "content": "Hi"}]
+    prompt = tok.apply_chat_template(hi, tokenize=False, add_generation_prompt=True)
+    prompt = prompt.removeprefix(tok.apply_chat_template(hi, tokenize=False))
+    special = sorted(_marker_strings(tok), key=len, reverse=True)
+    for text in texts.get("theirs before", ()):
+        rest = text.strip()
+        for t in special:
+            rest = rest.replace(t, "")
+        assert text.strip() and (text.strip() in prompt or not rest.strip()), (name, text, prompt)
+    assert counts["conversations equal"] + counts["conversations different"] > 0 or name.endswith("llava_next_training")
+
+
+def test_the_fallback_locates_rewritten_history_as_the_rust_path_does() -> None:
+    # Qwen3's template drops earlier answers' reasoning. With a construct the Rust renderer
+    # refuses in front (a harmless `|safe` + str), transformers renders it, and the Rust rule
+    # locates the turns through transformers' renders: the labels must be the Rust path's.
+    name = "llama_cpp/Qwen-Qwen3-0.6B"
+    if name not in _TEMPLATES:
+        pytest.skip(f"{name} is not in the corpus")
+    tok = tokenizer_for(name)
+    source = _TEMPLATES[name]
+    refused = '{%- set _unused = ("x" | safe) + "y" %}' + source
+    chat = [
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6.", "reasoning_content": "Add them."},
+        {"role": "user", "content": "And 4+4?"},
+        {"role": "assistant", "content": "8.", "reasoning_content": "Add again."},
+    ]
+    rust, stats = sftmask.tokenize_and_mask([chat], tok, chat_template=source, return_stats=True)
+    assert stats.rows_not_located == 0
+    with pytest.warns(UserWarning, match="Rust renderer cannot render"):
+        fallback, fstats = sftmask.tokenize_and_mask([chat], tok, chat_template=refused, return_stats=True)
+    assert fstats.rows_not_located == 0
+    assert fallback == rust

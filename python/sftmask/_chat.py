@@ -3,7 +3,8 @@ masking"): the Python half of ``tokenize_and_mask`` on messages.
 
 Rendering, tokenizing and labelling run in Rust (``_core.tokenize_conversations``); this module finds
 the template, turns rows into JSON for the Rust side, and renders with transformers the rows the Rust
-renderer cannot (one warning), locating their regions by the same prefix rule.
+renderer cannot (one warning), locating their regions by the same rule (the Rust locator, with
+transformers rendering the prefixes it asks for).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from sftmask import _arrow
 from sftmask._core import ChatTemplate, MissingTemplateWarning, OptionError, OptionTypeError
+from sftmask._core import locate_regions as _locate_regions
 from sftmask._core import tokenize_conversations as _tokenize_conversations
 from sftmask._core import tokenize_conversations_arrow as _tokenize_conversations_arrow
 from sftmask._errors import row_error
@@ -100,7 +102,8 @@ def _render(source: str, messages: list[Any], tools: Any, agp: bool, kwargs: dic
 def _locate(
     r: int, source: str, messages: list[Any], tools: Any, kwargs: dict[str, Any], markers: list[str]
 ) -> tuple[str, list[tuple[int, tuple[int, int] | None, str | None, str | None]]]:
-    """The full rendering and every assistant message's byte range by the prefix rule, in Python."""
+    """The full rendering by transformers and every assistant message's byte range, located by
+    the Rust rule (``_core.locate_regions``) with transformers rendering what it asks for."""
     import jinja2
 
     try:
@@ -111,23 +114,11 @@ def _locate(
         raise row_error(r, f"transformers cannot render this conversation: {type(e).__name__}: {e}") from None
     except Exception as e:
         raise row_error(r, f"transformers cannot render this conversation: {type(e).__name__}: {e}") from None
-    located: list[tuple[int, tuple[int, int] | None, str | None, str | None]] = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping) or message.get("role") != "assistant":
-            continue
-        try:
-            prompt = _render(source, messages[:i], tools, True, kwargs)
-            turn = _render(source, messages[: i + 1], tools, False, kwargs)
-        except Exception as e:
-            located.append((i, None, None, f"rendering a prefix failed: {type(e).__name__}: {e}"))
-            continue
-        if not (full.startswith(prompt) and full.startswith(turn)) or len(turn) < len(prompt):
-            located.append((i, None, None, "its prefix renderings are not prefixes of the full rendering"))
-            continue
-        segment = full[len(prompt) : len(turn)].rstrip()
-        start = len(prompt.encode())
-        ends = [t for t in markers if t and segment.endswith(t)]
-        located.append((i, (start, start + len(segment.encode())), max(ends, key=len) if ends else None, None))
+
+    def render(messages_json: str, agp: bool) -> str:
+        return _render(source, json.loads(messages_json), tools, agp, kwargs)
+
+    located = _locate_regions(full, json.dumps(list(messages), ensure_ascii=False), markers, render)
     return full, located
 
 

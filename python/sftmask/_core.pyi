@@ -5,7 +5,7 @@ Signatures only: the docstrings live in one place, the Rust source (``src/python
 """
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Literal, final
 
 import numpy as np
@@ -30,6 +30,7 @@ __all__ = [
     "Vocab",
     "__version__",
     "_stats_from_dict",
+    "locate_regions",
     "pack",
     "tokenize_and_mask",
     "tokenize_and_mask_arrow",
@@ -237,6 +238,12 @@ def tokenize_conversations(
     reasoning: str = "train",
     num_threads: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]], Stats, list[tuple[int, str]], list[tuple[int, str]]]: ...
+def locate_regions(
+    full: str,
+    messages_json: str,
+    special_tokens: Sequence[str],
+    render: Callable[[str, bool], str],
+) -> list[tuple[int, tuple[int, int] | None, str | None, str | None]]: ...
 def tokenize_conversations_arrow(
     data: object,
     template: ChatTemplate,

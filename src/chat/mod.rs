@@ -23,11 +23,11 @@
 //! ```
 
 pub(crate) mod pystr;
-mod regions;
+pub(crate) mod regions;
 mod render;
 
 pub use minijinja::Value;
-pub use regions::Region;
+pub use regions::{locate_regions, Region};
 pub use render::{ChatTemplate, Limits, SpecialTokens};
 
 /// What can go wrong when rendering a chat template.

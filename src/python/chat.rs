@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 
 use super::convert::Count;
 use super::encoder::PyEncoder;
-use super::errors::{core, detach_guarded, option_err};
+use super::errors::{core, detach_guarded, guarded, option_err};
 use super::stats::PyStats;
 use crate::chat::{ChatError, ChatTemplate, SpecialTokens, Value};
 use crate::messages::{Conversation, ConversationOptions, Located};
@@ -306,4 +306,71 @@ pub(crate) fn tokenize_conversations(
         out.fallback,
         out.not_located,
     ))
+}
+
+/// What `locate_regions` returns per assistant message: `(message, (start, end) | None, marker,
+/// reason)`, bytes of the UTF-8 text.
+type LocatedMessage = (usize, Option<(usize, usize)>, Option<String>, Option<String>);
+
+/// Locates every assistant message of ``messages_json`` (a JSON list of messages) in ``full``,
+/// its rendering by another renderer, by the same rule as the Rust renderer's rows
+/// (``sftmask::chat::locate_regions``), with ``render(messages_json, add_generation_prompt) ->
+/// str`` rendering the prefixes and probes the rule asks for. The transformers fallback uses it,
+/// so a row one renderer cannot render is located as exactly as the others. A message no rule
+/// locates, or a render that raises, gives ``(message, None, None, reason)`` for every assistant
+/// message (the row is not located).
+///
+/// >>> def render(messages_json, agp):
+/// ...     text = "".join(f"<{m['role']}>{m['content']}|" for m in json.loads(messages_json))
+/// ...     return text + ("<assistant>" if agp else "")
+/// >>> import json
+/// >>> m = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+/// >>> locate_regions(render(json.dumps(m), False), json.dumps(m), ["|"], render)
+/// [(1, (20, 26), '|', None)]
+#[pyfunction]
+pub(crate) fn locate_regions(
+    full: &str,
+    messages_json: &str,
+    special_tokens: Vec<String>,
+    render: Bound<'_, PyAny>,
+) -> PyResult<Vec<LocatedMessage>> {
+    let items = parse_list(messages_json, "messages_json")?;
+    let tokens: Vec<&str> = special_tokens.iter().map(String::as_str).collect();
+    // A prefix the callback cannot render leaves that message not located, as in Rust.
+    let callback = |m: &[Value], agp: bool| -> Result<String, ChatError> {
+        let json = serde_json::to_string(m).map_err(|e| ChatError::Unsupported(e.to_string()))?;
+        render
+            .call1((json, agp))
+            .and_then(|t| t.extract::<String>())
+            .map_err(|e| ChatError::Unsupported(e.to_string()))
+    };
+    let located = guarded(|| {
+        Ok(crate::chat::locate_regions(
+            full,
+            &items,
+            &tokens,
+            |_, _| true,
+            callback,
+        ))
+    })?;
+    let assistants = items
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| {
+            m.get_attr("role")
+                .ok()
+                .and_then(|r| r.as_str().map(|r| r == "assistant"))
+                == Some(true)
+        })
+        .map(|(i, _)| i);
+    Ok(match located {
+        Ok(regions) => regions
+            .into_iter()
+            .map(|g| (g.message, Some((g.start, g.end)), g.marker, None))
+            .collect(),
+        Err(e) => {
+            let reason = e.to_string();
+            assistants.map(|i| (i, None, None, Some(reason.clone()))).collect()
+        }
+    })
 }

@@ -23,7 +23,7 @@ mod _core {
     #[pymodule_export]
     use super::arrow::{tokenize_and_mask_arrow, tokenize_conversations_arrow};
     #[pymodule_export]
-    use super::chat::{tokenize_conversations, PyChatTemplate};
+    use super::chat::{locate_regions, tokenize_conversations, PyChatTemplate};
     #[pymodule_export]
     use super::encoder::{tokenize_and_mask, PyEncoder};
     #[pymodule_export]
