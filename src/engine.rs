@@ -137,40 +137,10 @@ impl TokenEngine {
     /// [`Error::TokenizerJson`] for a text `tokenizers` cannot load; [`Error::InvalidArgument`]
     /// for [`EngineChoice::Fast`] on a tokenizer the fast path does not cover, naming why.
     pub fn from_json(json: &str, choice: EngineChoice) -> Result<TokenEngine> {
-        // The truncation/padding a transformers tokenizer's last call left are dropped (load).
-        let parse = || crate::load::from_json(json);
-        let build = || {
-            serde_json::from_str::<serde_json::Value>(json)
-                .map_err(|e| e.to_string())
-                .and_then(|v| FastBpe::from_json(&v))
-        };
-        Self::build(parse, build, choice)
-    }
-
-    /// The engine of a loaded tokenizer whose file is at hand: [`crate::load::from_parts`]'s
-    /// tokenizer, and the fast path judged on the file's vocabulary and merges with the loaded
-    /// tokenizer's own components (`parts`) in place of the file's, so a component swapped after
-    /// loading is what eligibility sees.
-    ///
-    /// # Errors
-    /// Those of [`crate::load::from_parts`] and of [`TokenEngine::from_json`].
-    pub fn from_parts(parts: &str, file: &str, choice: EngineChoice) -> Result<(TokenEngine, VocabFileCheck)> {
-        let mut check = None;
         let parse = || {
-            let (tokenizer, c) = crate::load::from_parts(parts, file)?;
-            check = Some(c);
-            Ok(tokenizer)
+            json.parse::<Tokenizer>()
+                .map_err(|e| Error::TokenizerJson(format!("{e}")))
         };
-        let build = || crate::load::merged_json(parts, file).and_then(|v| FastBpe::from_json(&v));
-        let engine = Self::build(parse, build, choice)?;
-        Ok((engine, check.unwrap_or_default()))
-    }
-
-    fn build(
-        parse: impl FnOnce() -> Result<Tokenizer> + Send,
-        build: impl FnOnce() -> std::result::Result<FastBpe, String> + Send,
-        choice: EngineChoice,
-    ) -> Result<TokenEngine> {
         if choice == EngineChoice::Tokenizers {
             return Ok(TokenEngine {
                 tokenizer: parse()?,
@@ -180,6 +150,11 @@ impl TokenEngine {
         }
         // Both read the whole file: build the fast path on a second thread meanwhile (a scoped
         // thread, not the pool: it ends before this returns).
+        let build = || {
+            serde_json::from_str::<serde_json::Value>(json)
+                .map_err(|e| e.to_string())
+                .and_then(|v| FastBpe::from_json(&v))
+        };
         let (tokenizer, built) = std::thread::scope(|s| {
             let fast = s.spawn(build);
             let tokenizer = parse();
@@ -189,7 +164,31 @@ impl TokenEngine {
                     .unwrap_or_else(|_| Err("the fast path's builder panicked".into())),
             )
         });
-        let tokenizer = tokenizer?;
+        Self::with(tokenizer?, built, choice)
+    }
+
+    /// [`crate::load::from_parts`]'s tokenizer (a loaded tokenizer's components over the model
+    /// of its file) with the engine `choice` asks for: the fast path sees the file's model and
+    /// the components and added tokens of the tokenizer built, as `tokenizers` will run them.
+    ///
+    /// # Errors
+    /// Those of [`crate::load::from_parts`], and as [`TokenEngine::from_json`] for `choice`.
+    pub fn from_parts(parts: &str, file: &str, choice: EngineChoice) -> Result<(TokenEngine, VocabFileCheck)> {
+        let (tokenizer, check) = crate::load::from_parts(parts, file)?;
+        let built = if choice == EngineChoice::Tokenizers {
+            Err("engine='tokenizers' was asked for".into())
+        } else {
+            serde_json::from_str::<serde_json::Value>(file)
+                .map_err(|e| e.to_string())
+                .and_then(|mut spec| {
+                    live_components(&tokenizer, &mut spec)?;
+                    FastBpe::from_json(&spec)
+                })
+        };
+        Ok((Self::with(tokenizer, built, choice)?, check))
+    }
+
+    fn with(tokenizer: Tokenizer, built: std::result::Result<FastBpe, String>, choice: EngineChoice) -> Result<Self> {
         match built {
             Ok(fast) => Ok(TokenEngine {
                 tokenizer,
@@ -247,4 +246,36 @@ impl Tokenize for TokenEngine {
         }
         self.tokenizer.encode_with_ends(text, add_special_tokens)
     }
+}
+
+/// Puts into `spec` (a tokenizer.json's JSON) the components and added tokens of `tokenizer`
+/// built from it, which are what `tokenizers` runs: the fast path checks those, not the file's.
+fn live_components(tokenizer: &Tokenizer, spec: &mut serde_json::Value) -> std::result::Result<(), String> {
+    use serde_json::{json, to_value, Value};
+    let obj = spec.as_object_mut().ok_or("tokenizer.json is not an object")?;
+    let err = |e: serde_json::Error| e.to_string();
+    obj.insert("normalizer".into(), to_value(tokenizer.get_normalizer()).map_err(err)?);
+    obj.insert(
+        "pre_tokenizer".into(),
+        to_value(tokenizer.get_pre_tokenizer()).map_err(err)?,
+    );
+    obj.insert(
+        "post_processor".into(),
+        to_value(tokenizer.get_post_processor()).map_err(err)?,
+    );
+    let mut added: Vec<(u32, Value)> = tokenizer
+        .get_added_tokens_decoder()
+        .into_iter()
+        .map(|(id, t)| {
+            let token = json!({"id": id, "content": t.content, "single_word": t.single_word, "lstrip": t.lstrip,
+                               "rstrip": t.rstrip, "normalized": t.normalized, "special": t.special});
+            (id, token)
+        })
+        .collect();
+    added.sort_by_key(|(id, _)| *id);
+    obj.insert(
+        "added_tokens".into(),
+        Value::Array(added.into_iter().map(|(_, t)| t).collect()),
+    );
+    Ok(())
 }

@@ -51,43 +51,6 @@ fn without_call_state(mut tokenizer: Tokenizer) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-/// The file's tokenizer.json with the loaded tokenizer's components (`parts`, as
-/// [`from_parts`] takes them) in place of its own: what the loaded tokenizer would serialize
-/// to, for judging it (the fast path's eligibility) without `to_str()`.
-///
-/// ```
-/// let file = r#"{"normalizer": null, "added_tokens": [], "model": {"type": "BPE", "dropout": null, "vocab": {}}}"#;
-/// let parts = r#"{"normalizer": {"type": "Lowercase"}, "added_tokens": [], "model": {"type": "BPE", "dropout": 0.1}}"#;
-/// let v = sftmask::load::merged_json(parts, file).unwrap();
-/// assert_eq!(v["normalizer"]["type"], "Lowercase");
-/// assert!((v["model"]["dropout"].as_f64().unwrap() - 0.1).abs() < 1e-6);
-/// assert!(v["model"]["vocab"].is_object());
-/// ```
-///
-/// # Errors
-/// A message when either text is not a JSON object.
-pub fn merged_json(parts: &str, file: &str) -> std::result::Result<serde_json::Value, String> {
-    let parts: serde_json::Value = serde_json::from_str(parts).map_err(|e| format!("parts: {e}"))?;
-    let mut file: serde_json::Value = serde_json::from_str(file).map_err(|e| e.to_string())?;
-    let (Some(parts), Some(out)) = (parts.as_object(), file.as_object_mut()) else {
-        return Err("a tokenizer.json is a JSON object".into());
-    };
-    for (key, value) in parts {
-        if key == "model" {
-            // The options only: the vocabulary and merges stay the file's.
-            if let (Some(live), Some(model)) = (value.as_object(), out.get_mut("model").and_then(|m| m.as_object_mut()))
-            {
-                for (k, v) in live {
-                    model.insert(k.clone(), v.clone());
-                }
-            }
-        } else {
-            out.insert(key.clone(), value.clone());
-        }
-    }
-    Ok(file)
-}
-
 /// An added token as a loaded tokenizer reports it.
 #[derive(Deserialize)]
 struct LiveAddedToken {

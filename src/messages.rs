@@ -1,5 +1,5 @@
 //! Conversations in, exact labels out: render each conversation with its chat template
-//! ([`crate::chat`]), tokenize the text with the `tokenizers` crate (`add_special_tokens=false`:
+//! ([`crate::chat`]), tokenize the text ([`crate::engine`]: `add_special_tokens=false`:
 //! the template writes BOS itself), and train the tokens whose byte spans overlap the trained
 //! assistant messages' regions (the overlap rule of [`crate::labels`]), rows in parallel.
 //!

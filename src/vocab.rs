@@ -881,7 +881,7 @@ fn token_bytes(token: &str, decoding: &Decoding, inverse: &[i16; 324], out: &mut
 
 /// What [`Vocab::from_parts`] read from the vocabulary file, for the caller to confirm against
 /// the tokenizer it has loaded.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VocabFileCheck {
     /// The file's `model.type`.
     pub kind: Option<String>,

@@ -116,9 +116,9 @@ def _file_matches(backend: Any, kind: str | None, n: int | None, sample: list[tu
 
 
 def encoder_from_file(tokenizer: Any, engine: str = "auto") -> Any:
-    """The Rust encoder of a transformers tokenizer built from the tokenizer.json it was loaded
-    from and its live parts, when that file is at hand and provably its vocabulary (as for the
-    table); ``None`` otherwise (the caller serializes the tokenizer with ``to_str()``)."""
+    """The Rust encoder (with ``engine``) of a transformers tokenizer built from the tokenizer.json
+    it was loaded from and its live parts, when that file is at hand and provably its vocabulary
+    (as for the table); ``None`` otherwise (the caller serializes the tokenizer with ``to_str()``)."""
     from sftmask._core import Encoder
 
     backend = getattr(tokenizer, "backend_tokenizer", None)

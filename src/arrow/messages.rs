@@ -9,18 +9,17 @@
 //! `None` for a key another row has), so the rendering is the one a Python user of that dataset
 //! sees.
 
+use super::{check_batch, column_index, output_batches, output_schema_without, ArrowEncoded};
+use crate::chat::{ChatTemplate, Value};
+use crate::engine::Tokenize;
+use crate::error::{py_repr, Error, Result};
+use crate::messages::{tokenize_conversations, Conversation, ConversationOptions};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Schema};
-
-use super::{check_batch, column_index, output_batches, output_schema_without, ArrowEncoded};
-use crate::chat::{ChatTemplate, Value};
-use crate::engine::Tokenize;
-use crate::error::{py_repr, Error, Result};
-use crate::messages::{tokenize_conversations, Conversation, ConversationOptions};
 
 /// What [`tokenize_conversations_batches`] returns: the output (when no row needs another
 /// renderer), and the rows that do or whose turns cannot be located.

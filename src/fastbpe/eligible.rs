@@ -334,11 +334,8 @@ pub(crate) fn check(json: &Value) -> Result<Spec, Refusal> {
     )?;
     // The model first: for another kind of tokenizer, that is the telling difference.
     let (ignore_merges, vocab, merges) = model(top.get("model").unwrap_or(&Value::Null))?;
-    for key in ["truncation", "padding"] {
-        if !matches!(top.get(key), None | Some(Value::Null)) {
-            return Err(format!("{key} set in tokenizer.json"));
-        }
-    }
+    // `truncation` and `padding` are not looked at: `crate::load` drops them (they are a
+    // transformers tokenizer's call state), for `tokenizers` and the fast path alike.
     let nfc = match top.get("normalizer") {
         None | Some(Value::Null) => false,
         Some(n) if n == &serde_json::json!({"type": "NFC"}) => true,

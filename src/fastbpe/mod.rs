@@ -121,7 +121,12 @@ impl FastBpe {
         let mut whole = FxHashMap::default();
         let max_id = spec.vocab.iter().map(|&(_, id)| id).max().unwrap_or(0);
         let mut token_len = vec![0u32; max_id as usize + 1];
+        let mut seen = vec![false; max_id as usize + 1];
         for (text, id) in &spec.vocab {
+            // Two tokens on one id: which one `tokenizers` decodes to is not known here.
+            if std::mem::replace(&mut seen[*id as usize], true) {
+                return Err(format!("a vocabulary that gives id {id} to two tokens"));
+            }
             ids.insert(text.as_str(), *id);
             // A token outside the byte alphabet can never be produced from text: skip it.
             if let Some(bytes) = to_bytes(text) {
@@ -362,6 +367,14 @@ mod tests {
             };
             let engine = TokenEngine::from_json(&json, EngineChoice::Auto).unwrap();
             eprintln!("{family}: fast {} ({:?})", engine.is_fast(), engine.refusal());
+            // The same decision from a loaded tokenizer's parts over the file (`crate::load`).
+            let mut parts: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let model = parts["model"].as_object_mut().unwrap();
+            model.remove("vocab");
+            model.remove("merges");
+            if let Ok((from_parts, _)) = TokenEngine::from_parts(&parts.to_string(), &json, EngineChoice::Auto) {
+                assert_eq!(from_parts.refusal(), engine.refusal(), "{family}");
+            }
             for text in &texts {
                 for special in [false, true] {
                     assert_eq!(

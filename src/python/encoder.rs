@@ -50,14 +50,14 @@ impl PyEncoder {
     }
 
     /// Loads the BPE tokenizer of the file ``tokenizer_file`` with the components ``parts``
-    /// reports for a loaded tokenizer (``sftmask::load::from_parts``; the fast path judged on
-    /// the two together), sparing its ``to_str()``. Returns ``(encoder, kind, len, sample)``: the
-    /// caller checks the loaded model's type, size and the token at each sampled id before
+    /// reports for a loaded tokenizer (``sftmask::load::from_parts``), sparing its
+    /// ``to_str()``; ``engine`` as for ``from_json``. Returns ``(encoder, kind, len, sample)``:
+    /// the caller checks the loaded model's type, size and the token at each sampled id before
     /// using the encoder.
     ///
     /// >>> enc, kind, n, sample = Encoder.from_parts(live_parts, tokenizer_json)
-    /// >>> kind, n == backend.get_vocab_size(with_added_tokens=False)
-    /// ('BPE', True)
+    /// >>> kind, n == backend.get_vocab_size(with_added_tokens=False), enc.engine
+    /// ('BPE', True, 'fast')
     #[staticmethod]
     #[pyo3(signature = (parts, tokenizer_file, *, engine = "auto"))]
     fn from_parts(
