@@ -12,7 +12,9 @@ Methods, all producing token ids of the same rendered texts:
 * ``floor``: ``tokenizers.Tokenizer.encode_batch`` of the texts already rendered (by transformers,
   outside the timing), ``add_special_tokens=False``: tokenizing alone, no rendering, no labels.
 * ``sftmask``: ``sftmask.tokenize_and_mask(batch, tokenizer)``: render in Rust (every conversation,
-  plus two prefix renders per assistant message to locate it), tokenize, label.
+  plus the prefix renders that locate each assistant message), tokenize, label.
+* ``sftmask, engine='tokenizers'``: the same with the `tokenizers` crate instead of the fast
+  path (same rows, checked).
 * ``transformers``: ``tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=True,
   return_assistant_tokens_mask=True, chat_template=TRL's qwen2_5_training template)``, the
   labels TRL 1.x's ``assistant_only_loss`` builds on.
@@ -99,6 +101,10 @@ def main() -> None:
 
     t_floor, floor_enc = best(lambda: backend.encode_batch(texts, add_special_tokens=False), args.repeat)
     t_ours, (ours, stats) = best(lambda: sftmask.tokenize_and_mask(batch, tok, return_stats=True), args.repeat)
+    t_slow, (slow, _) = best(
+        lambda: sftmask.tokenize_and_mask(batch, tok, return_stats=True, engine="tokenizers"), args.repeat
+    )
+    assert slow == ours, "the two engines must give the same rows"
     floor_ids = [e.ids for e in floor_enc]
     same_ids = sum(a == b for a, b in zip(floor_ids, ours["input_ids"]))
 
@@ -126,7 +132,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     rows = [
         ("floor (tokenizers encode_batch, pre-rendered)", t_floor, tokens),
-        ("sftmask tokenize_and_mask (render + locate + tokenize + labels)", t_ours, tokens),
+        ("sftmask tokenize_and_mask (render + locate + tokenize + labels), engine='auto' (fast path)", t_ours, tokens),
+        ("sftmask tokenize_and_mask, engine='tokenizers'", t_slow, tokens),
         ("transformers apply_chat_template(return_assistant_tokens_mask=True), TRL qwen2_5_training", t_hf, hf_tokens),
     ]
     lines = [
