@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
+from results_md import write_section  # noqa: E402
+
 import sftmask  # noqa: E402
 from build_chat_templates import chat_templates, special_tokens  # noqa: E402
 from sftmask import _core  # noqa: E402
@@ -143,16 +145,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        begin, end = "<!-- bench_chat_turns:begin -->\n", "<!-- bench_chat_turns:end -->\n"
-        results = ROOT / "benches" / "RESULTS.md"
-        old = results.read_text(encoding="utf-8")
-        if begin in old and end in old:
-            head_, _, rest = old.partition(begin)
-            _, _, tail = rest.partition(end)
-            old = head_ + begin + text + end + tail
-        else:
-            old = old.rstrip("\n") + "\n\n" + begin + text + end
-        results.write_text(old, encoding="utf-8")
+        write_section("bench_chat_turns", text)
 
 
 if __name__ == "__main__":

@@ -50,10 +50,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 
+from results_md import write_section  # noqa: E402
+
 from build_tokenizers import fixture_info, tokenizer_path  # noqa: E402
 
 TEMPLATE = "<|start_header_id|>assistant<|end_header_id|>\n\n"
-BEGIN, END = "<!-- bench_cold_start:begin -->", "<!-- bench_cold_start:end -->"
 
 # Runs in a fresh interpreter: argv = folder, what, [pickle file].
 _CHILD = r"""
@@ -220,16 +221,6 @@ def table(results: dict[str, dict[str, float]], sizes: dict[str, int], repeat: i
     return head + body
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    section = f"{BEGIN}\n{text}{END}\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END) + 1 :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="fresh processes per measurement (median)")
@@ -269,7 +260,7 @@ def main() -> int:
     print()
     print(text)
     if not args.no_write:
-        write_section(REPO / "benches" / "RESULTS.md", text)
+        write_section("bench_cold_start", text)
         print("wrote benches/RESULTS.md")
     return 0
 

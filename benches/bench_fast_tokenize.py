@@ -46,10 +46,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
+from results_md import write_section  # noqa: E402
+
 from build_chat_templates import chat_templates, conversation  # noqa: E402
 from build_tokenizers import tokenizer_path  # noqa: E402
 
-BEGIN, END = "<!-- bench_fast_tokenize:begin -->\n", "<!-- bench_fast_tokenize:end -->\n"
 FAMILIES = {
     "llama3": ("llama_cpp/meta-llama-Llama-3.1-8B-Instruct", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
     "qwen2": ("llama_cpp/Qwen-Qwen2.5-7B-Instruct", "<|im_start|>assistant\n"),
@@ -265,15 +266,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        results = ROOT / "benches" / "RESULTS.md"
-        old = results.read_text(encoding="utf-8")
-        if BEGIN in old and END in old:
-            head, _, rest = old.partition(BEGIN)
-            _, _, tail = rest.partition(END)
-            old = head + BEGIN + text + END + tail
-        else:
-            old = old.rstrip("\n") + "\n\n" + BEGIN + text + END
-        results.write_text(old, encoding="utf-8")
+        write_section("bench_fast_tokenize", text)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
+from results_md import write_section  # noqa: E402
+
 from build_chat_templates import chat_templates, conversation  # noqa: E402
 from build_tokenizers import tokenizer_path  # noqa: E402
 
@@ -163,17 +165,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        # The section lives between markers, as the other benches' sections do.
-        begin, end = "<!-- bench_messages:begin -->\n", "<!-- bench_messages:end -->\n"
-        results = ROOT / "benches" / "RESULTS.md"
-        old = results.read_text(encoding="utf-8")
-        if begin in old and end in old:
-            head, _, rest = old.partition(begin)
-            _, _, tail = rest.partition(end)
-            old = head + begin + text + end + tail
-        else:
-            old = old.rstrip("\n") + "\n\n" + begin + text + end
-        results.write_text(old, encoding="utf-8")
+        write_section("bench_messages", text)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from results_md import write_section
 
 import sftmask
 
@@ -173,17 +173,8 @@ def main() -> None:
             f"| {r['rows']:,} | {r['tokens']:,} | {r['seconds']:.3f} | {r['rows'] / r['seconds']:,.0f} | "
             f"{r['bins']:,} | {r['fill']:.4f} |"
         )
-    # Between markers, so bench_collators.py's full rewrite of the file keeps the section.
-    begin, end = "<!-- bench_pack:begin -->", "<!-- bench_pack:end -->"
-    section = begin + "\n" + "\n".join(lines) + "\n" + end + "\n"
     out_path = args.out or REPO / "benches" / "RESULTS.md"
-    text = out_path.read_text() if out_path.exists() else ""
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    out_path.write_text(text)
+    write_section("bench_pack", "\n".join(lines), out_path)
     print(f"wrote {out_path}", file=sys.stderr)
 
 

@@ -63,22 +63,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from results_md import write_section
+
 REPO = Path(__file__).resolve().parents[1]
-START = "<!-- bench_preprocess:begin -->"
-END = "<!-- bench_preprocess:end -->"
-
-
-def replace_section(path: Path, section: str) -> None:
-    """Writes ``section`` between this script's markers in ``path`` (appended the first time),
-    leaving the rest of the file, bench_collators.py's report, as it is."""
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{START}\n{section.rstrip()}\n{END}\n"
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + block
-    path.write_text(new, encoding="utf-8")
 
 
 def _rss_now() -> int:
@@ -553,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(L)
     print(text)
     if args.out != "none":
-        replace_section(Path(args.out), text)
+        write_section("bench_preprocess", text, Path(args.out))
         print(f"\nwrote {args.out}")
     return 0 if all(checks.values()) else 1
 
