@@ -5,7 +5,7 @@
 //!
 //! The rule: SPEC "Chat-template masking" and docs/masking.md#conversations.
 
-use crate::chat::regions::{replace_fields, SENTINEL};
+use crate::chat::regions::{is_assistant, replace_fields, SENTINEL};
 use crate::chat::{ChatError, ChatTemplate, Value};
 use crate::engine::Tokenize;
 use crate::error::{Error, Result};
@@ -176,14 +176,6 @@ fn content_span(
     }
     let start = content_start(template, items, i, tools, extra)?;
     Some((start, start + len))
-}
-
-fn is_assistant(message: &Value) -> bool {
-    message
-        .get_attr("role")
-        .ok()
-        .and_then(|r| r.as_str().map(|r| r == "assistant"))
-        == Some(true)
 }
 
 fn has_reasoning(message: &Value) -> bool {

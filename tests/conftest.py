@@ -81,6 +81,21 @@ def tok_path() -> str:
     return synthetic_tokenizer_path("byte_level")
 
 
+def short_cpu_run(output_dir, *, max_steps: int = 3) -> dict:
+    """The training arguments every Trainer test shares (``TrainingArguments`` or TRL's
+    ``SFTConfig``): a few steps on the CPU, a loss logged every step, nothing saved or reported."""
+    return {
+        "output_dir": str(output_dir),
+        "max_steps": max_steps,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "report_to": [],
+        "save_strategy": "no",
+        "use_cpu": True,
+    }
+
+
 def tiny_llama(vocab_size: int, *, tie_word_embeddings: bool = True, **config):
     """A tiny randomly initialised ``LlamaForCausalLM`` (seed 0) sized to a real vocabulary."""
     import torch

@@ -82,7 +82,7 @@ def train(out_dir: Path, family: str, start_method: str) -> None:
 
     import sftmask
     from chat_formats import CHATML
-    from conftest import load_hf_tokenizer, load_tokenizer, tiny_llama
+    from conftest import load_hf_tokenizer, load_tokenizer, short_cpu_run, tiny_llama
     from ground_truth import truth_by_ids
 
     # The Trainer's DataLoader takes the default start method (it has no argument for one).
@@ -125,14 +125,7 @@ def train(out_dir: Path, family: str, start_method: str) -> None:
     model.register_forward_hook(keep_loss, with_kwargs=True)
 
     targs = transformers.TrainingArguments(
-        output_dir=str(out_dir / f"trainer-{start_method}"),
-        max_steps=3,
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
+        **short_cpu_run(str(out_dir / f"trainer-{start_method}"), max_steps=3),
         ddp_backend="gloo",
         dataloader_num_workers=2,
         disable_tqdm=True,

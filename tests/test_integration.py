@@ -19,7 +19,7 @@ import torch
 import sftmask
 from build_tokenizers import tokenizer_path
 from chat_formats import CHATML, render
-from conftest import Recorder, load_hf_tokenizer, load_tokenizer, tiny_llama
+from conftest import Recorder, load_hf_tokenizer, load_tokenizer, short_cpu_run, tiny_llama
 from ground_truth import truth_by_ids
 
 transformers = pytest.importorskip("transformers")
@@ -79,14 +79,7 @@ def test_transformers_trainer(tmp_path):
     model = tiny_llama(len(tok), max_position_embeddings=512)
     before = snapshot(model)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=3,
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
+        **short_cpu_run(str(tmp_path), max_steps=3),
     )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     trainer.train()
@@ -110,14 +103,7 @@ def test_trl_0_19_sft_trainer(tmp_path):
     model = tiny_llama(len(tok), max_position_embeddings=512)
     before = snapshot(model)
     config = trl.SFTConfig(
-        output_dir=str(tmp_path),
-        max_steps=3,
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
+        **short_cpu_run(str(tmp_path), max_steps=3),
         dataset_text_field="text",
         packing=False,
         max_length=512,

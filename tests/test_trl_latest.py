@@ -19,7 +19,7 @@ import torch
 
 import sftmask
 from chat_formats import CHATML, render
-from conftest import Recorder, load_hf_tokenizer, load_tokenizer, tiny_llama
+from conftest import Recorder, load_hf_tokenizer, load_tokenizer, short_cpu_run, tiny_llama
 from ground_truth import truth_by_ids
 
 trl = pytest.importorskip("trl")
@@ -56,14 +56,7 @@ def test_newest_sft_trainer(tmp_path, padding_free):
     model = tiny_llama(len(tok), max_position_embeddings=512)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     config = trl.SFTConfig(
-        output_dir=str(tmp_path),
-        max_steps=3,
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
+        **short_cpu_run(str(tmp_path), max_steps=3),
         packing=False,
         padding_free=False,
         max_length=512,
@@ -249,14 +242,7 @@ def test_packed_rows_through_newest_sft_trainer(tmp_path):
     collator = Recorder(sftmask.DataCollatorForCompletionOnlyLM(tokenizer=tok, labels="keep", padding_free=True))
     model = tiny_llama(len(tok), max_position_embeddings=512)
     config = trl.SFTConfig(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
+        **short_cpu_run(str(tmp_path), max_steps=2),
         packing=False,
         padding_free=False,
         max_length=None,

@@ -471,7 +471,8 @@ where
     }
 }
 
-fn is_assistant(message: &Value) -> bool {
+/// Whether `message` is the assistant's (`role` "assistant").
+pub(crate) fn is_assistant(message: &Value) -> bool {
     let role = message.get_attr("role").ok();
     role.as_ref().and_then(|r| r.as_str()) == Some("assistant")
 }

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyCapsuleMethods};
 
 use super::chat::{conversation_options, parse_kwargs, parse_value, PyChatTemplate};
-use super::convert::Count;
+use super::convert::{threads, Count};
 use super::encoder::PyEncoder;
 use super::errors::{core, detach_guarded, guarded, option_type_err};
 use super::masker::PyMasker;
@@ -212,7 +212,7 @@ pub(crate) fn tokenize_conversations_arrow<'py>(
     let options = conversation_options(train_on, ignore_index, max_length, on_missing, reasoning)?;
     let kwargs = parse_kwargs(kwargs_json)?;
     let tools = tools_json.map(parse_value).transpose()?;
-    let threads = num_threads.map_or_else(crate::pool::default_threads, |c| c.0.min(4096));
+    let threads = threads(num_threads);
     let tokenizer = &*encoder.inner;
     let input = guarded(|| import(data))?;
     let out = core(detach_guarded(py, move || {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use pyo3::prelude::*;
 
-use super::convert::Count;
+use super::convert::{threads, Count};
 use super::encoder::PyEncoder;
 use super::errors::{core, detach_guarded, guarded, option_err};
 use super::stats::PyStats;
@@ -259,7 +259,7 @@ pub(crate) fn tokenize_conversations(
 ) -> PyResult<Tokenized> {
     let options = conversation_options(train_on, ignore_index, max_length, on_missing, reasoning)?;
     let kwargs = parse_kwargs(kwargs_json)?;
-    let threads = num_threads.map_or_else(crate::pool::default_threads, |c| c.0.min(4096));
+    let threads = threads(num_threads);
     let mut rendered = rendered.unwrap_or_default();
     let tokenizer = &*encoder.inner;
     let out = detach_guarded(py, move || {
@@ -356,12 +356,7 @@ pub(crate) fn locate_regions(
     let assistants = items
         .iter()
         .enumerate()
-        .filter(|(_, m)| {
-            m.get_attr("role")
-                .ok()
-                .and_then(|r| r.as_str().map(|r| r == "assistant"))
-                == Some(true)
-        })
+        .filter(|(_, m)| crate::chat::regions::is_assistant(m))
         .map(|(i, _)| i);
     Ok(match located {
         Ok(regions) => regions

@@ -517,6 +517,11 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Int {
 #[derive(Clone, Copy)]
 pub(crate) struct Count(pub usize);
 
+/// The threads a call uses: `num_threads` (capped, as the `Masker` caps it) or the default.
+pub(crate) fn threads(num_threads: Option<Count>) -> usize {
+    num_threads.map_or_else(crate::pool::default_threads, |c| c.0.min(4096))
+}
+
 impl<'a, 'py> FromPyObject<'a, 'py> for Count {
     type Error = PyErr;
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {

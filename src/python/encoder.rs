@@ -4,7 +4,7 @@
 
 use pyo3::prelude::*;
 
-use super::convert::Count;
+use super::convert::{threads, Count};
 use super::errors::{core, detach_guarded, row_err};
 use super::masker::PyMasker;
 use super::stats::PyStats;
@@ -106,7 +106,7 @@ impl PyEncoder {
         add_special_tokens: bool,
         num_threads: Option<Count>,
     ) -> PyResult<Vec<Vec<u32>>> {
-        let threads = num_threads.map_or_else(crate::pool::default_threads, |c| c.0.min(4096));
+        let threads = threads(num_threads);
         let tok = &self.inner;
         let results = detach_guarded(py, || {
             crate::pool::map_rows(
