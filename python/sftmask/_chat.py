@@ -77,12 +77,13 @@ def compiled(source: str, special: dict[str, str]) -> ChatTemplate:
 
 
 def _row_json(r: int, messages: Any, tools: Any) -> str:
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+    # `type(...) is` first: the ABC checks cost more than the JSON encoding on short messages.
+    if type(messages) is not list and (isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence)):
         raise row_error(
             r, f"a conversation must be a list of message dicts, got {type(messages).__name__}", type_error=True
         )
     for i, m in enumerate(messages):
-        if not isinstance(m, Mapping):
+        if type(m) is not dict and not isinstance(m, Mapping):
             raise row_error(r, f"message {i} must be a dict, got {type(m).__name__}", type_error=True)
     try:
         return json.dumps({"messages": list(messages), "tools": tools}, ensure_ascii=False, allow_nan=False)

@@ -22,6 +22,7 @@
 //! assert_eq!(text, "<|user|>hi</s>\n<|assistant|>");
 //! ```
 
+pub(crate) mod prefix;
 pub(crate) mod pystr;
 pub(crate) mod regions;
 mod render;

@@ -51,6 +51,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use super::prefix::Trace;
 use super::{ChatError, ChatTemplate, Value};
 
 /// One assistant message's bytes in the full rendering.
@@ -230,6 +231,77 @@ struct End {
     part: String,
 }
 
+/// What renders the prefixes: `render(messages, add_generation_prompt, last_replaced)`, told
+/// whether `messages` is a prefix of the conversation (`false`) or a prefix whose last message
+/// is replaced (the sentinel probe).
+pub(crate) trait Prefixes {
+    fn render(
+        &mut self,
+        messages: &[Value],
+        add_generation_prompt: bool,
+        last_replaced: bool,
+    ) -> Result<Rc<str>, ChatError>;
+}
+
+impl<F: FnMut(&[Value], bool) -> Result<String, ChatError>> Prefixes for F {
+    fn render(&mut self, messages: &[Value], add_generation_prompt: bool, _: bool) -> Result<Rc<str>, ChatError> {
+        self(messages, add_generation_prompt).map(Rc::from)
+    }
+}
+
+/// `a` followed by `b`, copied once.
+fn joined(a: &str, b: &str) -> Rc<str> {
+    let mut out = String::with_capacity(a.len() + b.len());
+    out.push_str(a);
+    out.push_str(b);
+    Rc::from(out)
+}
+
+/// Prefix renders from one traced full run ([`super::prefix`]): everything before the loop
+/// turn where a prefix parts from the whole conversation is taken from the full rendering, the
+/// rest rendered; a prefix that parts before the loop is rendered in full.
+struct Planned<'a> {
+    template: &'a ChatTemplate,
+    full: &'a str,
+    trace: Trace,
+    tools: Option<&'a Value>,
+    extra: &'a [(String, Value)],
+    /// What follows the loop, without and with the generation prompt, once known to be the same
+    /// after every prefix.
+    after: [Option<String>; 2],
+}
+
+impl Prefixes for Planned<'_> {
+    fn render(&mut self, m: &[Value], agp: bool, replaced: bool) -> Result<Rc<str>, ChatError> {
+        let plan = self.template.plan.as_ref().ok();
+        if let Some((start, at_end)) = plan.and_then(|p| self.trace.parts_at(p, m.len(), replaced, agp)) {
+            let kept = &self.full[..self.trace.bounds[start]];
+            // What follows the loop, when it read nothing of the messages, is the same after
+            // every prefix: rendered once per value of the generation-prompt flag.
+            let cached = if at_end {
+                self.after[usize::from(agp)].as_deref()
+            } else {
+                None
+            };
+            if let Some(after) = cached {
+                return Ok(joined(kept, after));
+            }
+            if let Some((text, at, after_reads_none)) = self.template.tail(m, self.tools, self.extra, agp, start) {
+                // The part before the loop is written alike (it read the same values).
+                if text.get(..at) == self.full.get(..self.trace.bounds[0]) {
+                    if at_end && after_reads_none {
+                        self.after[usize::from(agp)] = Some(text[at..].to_owned());
+                    }
+                    return Ok(joined(kept, &text[at..]));
+                }
+            }
+        }
+        self.template
+            .render(&Value::from(m.to_vec()), self.tools, self.extra, agp)
+            .map(Rc::from)
+    }
+}
+
 /// The prefix renders of one conversation, each made once.
 struct Locator<'a, R> {
     full: &'a str,
@@ -243,17 +315,15 @@ struct Locator<'a, R> {
     drops: Vec<(usize, String)>,
 }
 
-impl<R> Locator<'_, R>
-where
-    R: FnMut(&[Value], bool) -> Result<String, ChatError>,
-{
+impl<R: Prefixes> Locator<'_, R> {
     fn prefix(&mut self, n: usize, agp: bool) -> Result<Rc<str>, String> {
         if let Some(text) = self.prefixes.get(&(n, agp)) {
             return Ok(self.adjust(text));
         }
-        let text: Rc<str> = (self.render)(&self.items[..n], agp)
-            .map_err(|e| format!("rendering messages[..{n}] failed: {e}"))?
-            .into();
+        let text: Rc<str> = self
+            .render
+            .render(&self.items[..n], agp, false)
+            .map_err(|e| format!("rendering messages[..{n}] failed: {e}"))?;
         self.prefixes.insert((n, agp), text.clone());
         Ok(self.adjust(&text))
     }
@@ -296,9 +366,10 @@ where
             .ok_or_else(|| format!("message {i} is not plain data"))?;
         let mut items = self.items[..=i].to_vec();
         items[i] = message;
-        let text: Rc<str> = (self.render)(&items, false)
-            .map_err(|e| format!("rendering messages[..={i}] with a sentinel content failed: {e}"))?
-            .into();
+        let text: Rc<str> = self
+            .render
+            .render(&items, false, true)
+            .map_err(|e| format!("rendering messages[..={i}] with a sentinel content failed: {e}"))?;
         self.probes.insert(i, text.clone());
         Ok(self.adjust(&text))
     }
@@ -522,6 +593,17 @@ pub fn locate_regions<R>(
 where
     R: FnMut(&[Value], bool) -> Result<String, ChatError>,
 {
+    locate_with(full, items, special_tokens, select, render)
+}
+
+/// [`locate_regions`] with any [`Prefixes`].
+fn locate_with<R: Prefixes>(
+    full: &str,
+    items: &[Value],
+    special_tokens: &[&str],
+    select: impl Fn(usize, &Value) -> bool,
+    render: R,
+) -> Result<Vec<Region>, ChatError> {
     let mut loc = Locator {
         full,
         items,
@@ -612,11 +694,25 @@ impl ChatTemplate {
         special_tokens: &[&str],
         select: impl Fn(usize, &Value) -> bool,
     ) -> Result<(String, Vec<Region>), ChatError> {
-        let full = self.render(messages, tools, extra, false)?;
         let items: Vec<Value> = messages
             .try_iter()
             .map_err(|e| ChatError::Unsupported(format!("messages is not a list: {e}")))?
             .collect();
+        // A planned template: the full rendering from the traced run (the same program on the
+        // same values, so the same text), and the prefixes from it.
+        if let Some((full, trace)) = self.traced(&items, tools, extra) {
+            let planned = Planned {
+                template: self,
+                full: &full,
+                trace,
+                tools,
+                extra,
+                after: [None, None],
+            };
+            let regions = locate_with(&full, &items, special_tokens, select, planned)?;
+            return Ok((full, regions));
+        }
+        let full = self.render(messages, tools, extra, false)?;
         let render = |m: &[Value], agp: bool| self.render(&Value::from(m.to_vec()), tools, extra, agp);
         let regions = locate_regions(&full, &items, special_tokens, select, render)?;
         Ok((full, regions))

@@ -1,10 +1,13 @@
 //! [`ChatTemplate`]: one compiled chat template and the environment transformers renders it in.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use minijinja::value::{Kwargs, Tuple, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 
+use super::prefix::{self, Hooks, Messages, Plan, Shared, Trace};
 use super::pystr::{py_str, to_json, JsonOptions};
 use super::ChatError;
 
@@ -48,6 +51,8 @@ impl Default for Limits {
 }
 
 const NAME: &str = "chat_template";
+/// The same template with its loop over the messages instrumented ([`prefix::plan`]).
+const PREFIX_NAME: &str = "chat_template_prefix";
 
 /// A compiled chat template with the special tokens it is rendered with. `Send + Sync`: one per
 /// tokenizer, shared by every worker thread.
@@ -63,6 +68,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     special: Vec<(&'static str, Value)>,
     max_output_bytes: usize,
+    /// How prefix renders are made without rendering the prefix (`Err`: why they are not).
+    pub(crate) plan: Result<Plan, String>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -115,8 +122,14 @@ impl ChatTemplate {
         // Jinja2's lexer turns every "\r\n" and "\r" of the source into "\n" (its
         // `newline_sequence`), in text and in string literals alike.
         let source = source.replace("\r\n", "\n").replace('\r', "\n");
-        env.add_template_owned(NAME, rewrite_generation_tags(&source))
+        let source = rewrite_generation_tags(&source);
+        env.add_template_owned(NAME, source.clone())
             .map_err(|e| ChatError::Unsupported(describe(&e)))?;
+        let plan = prefix::plan(&source, syntax()).and_then(|plan| {
+            env.add_template_owned(PREFIX_NAME, plan.source.clone())
+                .map_err(|e| describe(&e))?;
+            Ok(plan)
+        });
         let special = [
             ("bos_token", special.bos),
             ("eos_token", special.eos),
@@ -130,6 +143,7 @@ impl ChatTemplate {
             env,
             special,
             max_output_bytes: limits.max_output_bytes,
+            plan,
         })
     }
 
@@ -151,24 +165,106 @@ impl ChatTemplate {
         extra: &[(String, Value)],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
-        let mut ctx: Vec<(String, Value)> = Vec::with_capacity(self.special.len() + extra.len() + 4);
+        self.run(NAME, messages.clone(), tools, extra, add_generation_prompt, None)
+    }
+
+    /// Why this template's prefix renders are made in full (`None`: they are not; see
+    /// docs/chat-templates.md, "Prefix renders").
+    ///
+    /// ```
+    /// use sftmask::chat::{ChatTemplate, SpecialTokens};
+    /// let t = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}", SpecialTokens::default()).unwrap();
+    /// assert_eq!(t.prefix_renders_in_full(), None);
+    /// let t = ChatTemplate::new("{% for m in messages %}{{ loop.length }}{% endfor %}", SpecialTokens::default()).unwrap();
+    /// assert!(t.prefix_renders_in_full().unwrap().contains("loop.length"));
+    /// ```
+    pub fn prefix_renders_in_full(&self) -> Option<&str> {
+        self.plan.as_ref().err().map(String::as_str)
+    }
+
+    /// The full rendering by the planned template, with what it observed; `None` when the
+    /// template has no plan or this run cannot serve prefixes.
+    pub(crate) fn traced(
+        &self,
+        items: &[Value],
+        tools: Option<&Value>,
+        extra: &[(String, Value)],
+    ) -> Option<(String, Trace)> {
+        self.plan.as_ref().ok()?;
+        let shared = Shared::new(0);
+        let messages = Messages::value(items.to_vec(), shared.clone());
+        let text = self
+            .run(PREFIX_NAME, messages, tools, extra, false, Some(&shared))
+            .ok()?;
+        Some((text, shared.trace()?))
+    }
+
+    /// `items` rendered with the loop over them started at turn `start`: the text, where the
+    /// loop started in it, and whether what follows the loop read nothing of the messages.
+    pub(crate) fn tail(
+        &self,
+        items: &[Value],
+        tools: Option<&Value>,
+        extra: &[(String, Value)],
+        add_generation_prompt: bool,
+        start: usize,
+    ) -> Option<(String, usize, bool)> {
+        let shared = Shared::new(start);
+        let messages = Messages::value(items.to_vec(), shared.clone());
+        let text = self
+            .run(
+                PREFIX_NAME,
+                messages,
+                tools,
+                extra,
+                add_generation_prompt,
+                Some(&shared),
+            )
+            .ok()?;
+        let (at, after_reads_none) = shared.started_at()?;
+        Some((text, at, after_reads_none))
+    }
+
+    fn run(
+        &self,
+        name: &str,
+        messages: Value,
+        tools: Option<&Value>,
+        extra: &[(String, Value)],
+        add_generation_prompt: bool,
+        hooks: Option<&Arc<Shared>>,
+    ) -> Result<String, ChatError> {
+        let mut ctx: Vec<(String, Value)> = Vec::with_capacity(self.special.len() + extra.len() + 6);
         ctx.extend(self.special.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         ctx.extend(extra.iter().cloned());
         // Named parameters of transformers' render call: they cannot be overridden by kwargs.
-        ctx.retain(|(k, _)| !matches!(k.as_str(), "messages" | "tools" | "documents" | "add_generation_prompt"));
-        ctx.push(("messages".into(), messages.clone()));
+        ctx.retain(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "messages" | "tools" | "documents" | "add_generation_prompt" | prefix::HOOKS | prefix::OFFSET
+            )
+        });
+        ctx.push(("messages".into(), messages));
         ctx.push(("tools".into(), tools.cloned().unwrap_or(Value::from(()))));
         ctx.push(("documents".into(), Value::from(())));
         ctx.push(("add_generation_prompt".into(), Value::from(add_generation_prompt)));
+        if let Some(shared) = hooks {
+            ctx.push((
+                prefix::HOOKS.into(),
+                Value::from_object(Hooks { shared: shared.clone() }),
+            ));
+            ctx.push((prefix::OFFSET.into(), Value::from(shared.start())));
+        }
         let ctx = Value::from(ctx.into_iter().collect::<std::collections::BTreeMap<String, Value>>());
 
         let template = self
             .env
-            .get_template(NAME)
+            .get_template(name)
             .map_err(|e| ChatError::Unsupported(describe(&e)))?;
         let mut out = Capped {
             buf: Vec::new(),
             cap: self.max_output_bytes,
+            written: hooks.map(|s| &s.written),
         };
         match template.render_captured_to(ctx, &mut out) {
             Ok(_) => String::from_utf8(out.buf).map_err(|_| ChatError::Unsupported("output is not UTF-8".into())),
@@ -202,17 +298,22 @@ fn describe(err: &Error) -> String {
 }
 
 /// An `io::Write` into memory that refuses to grow past `cap` bytes.
-struct Capped {
+struct Capped<'a> {
     buf: Vec<u8>,
     cap: usize,
+    /// Where a planned run keeps the count of bytes written (read by its hooks).
+    written: Option<&'a AtomicUsize>,
 }
 
-impl io::Write for Capped {
+impl io::Write for Capped<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.buf.len() + data.len() > self.cap {
             return Err(io::Error::other("output limit"));
         }
         self.buf.extend_from_slice(data);
+        if let Some(w) = self.written {
+            w.store(self.buf.len(), Ordering::Relaxed);
+        }
         Ok(data.len())
     }
 
@@ -222,15 +323,19 @@ impl io::Write for Capped {
 }
 
 /// The environment of transformers' `_compile_jinja_template`, in minijinja.
-fn environment(fuel: u64) -> Environment<'static> {
-    let mut env = Environment::new();
-    let syntax = minijinja::syntax::SyntaxConfig::builder()
+/// Jinja2's syntax as transformers configures it.
+fn syntax() -> minijinja::syntax::SyntaxConfig {
+    minijinja::syntax::SyntaxConfig::builder()
         .trim_blocks(true)
         .lstrip_blocks(true)
         .keep_trailing_newline(false)
         .build()
-        .expect("the default delimiters are valid");
-    env.set_syntax(syntax);
+        .expect("the default delimiters are valid")
+}
+
+fn environment(fuel: u64) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_syntax(syntax());
     // Jinja2's default `Undefined`: printing and iterating are fine, attribute access errors.
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
