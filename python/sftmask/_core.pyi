@@ -223,6 +223,9 @@ class ChatTemplate:
     def regions(
         self, conversations_json: str, special_tokens: Sequence[str], *, kwargs_json: str = "{}"
     ) -> list[tuple[str, str, list[tuple[int, int, int, str | None]]]]: ...
+    def prefix_renders(self, conversation_json: str, *, kwargs_json: str = "{}") -> list[tuple[int, bool, str, bool]]: ...
+    @property
+    def prefix_renders_in_full(self) -> str | None: ...
 
 def tokenize_conversations(
     template: ChatTemplate,

@@ -28,7 +28,7 @@ pub(crate) mod regions;
 mod render;
 
 pub use minijinja::Value;
-pub use regions::{locate_regions, Region};
+pub use regions::{locate_regions, PrefixRender, Region};
 pub use render::{ChatTemplate, Limits, SpecialTokens};
 
 /// What can go wrong when rendering a chat template.

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use minijinja::machinery::ast::{CallArg, Expr, Stmt};
-use minijinja::value::{Enumerator, Object, ObjectRepr};
+use minijinja::value::{Enumerator, Object, ObjectRepr, ValueKind};
 use minijinja::{Error, ErrorKind, State, Value};
 
 /// The name the instrumented template gives its hooks (no template uses it).
@@ -45,6 +45,8 @@ pub(crate) struct Plan {
     /// `add_generation_prompt` is read only after the loop (else renders with a generation
     /// prompt are made in full).
     prompt_after_loop: bool,
+    /// The loop writes namespace attributes (kept at each turn, put back in a tail run).
+    pub(crate) stateful: bool,
 }
 
 /// What the walk over the template found.
@@ -55,7 +57,15 @@ struct Walk<'s> {
     aliases: HashSet<&'s str>,
     /// The loops over them outside any loop, macro or captured block.
     loops: Vec<(usize, usize, usize, usize)>,
+    /// The loop taken as the loop over the messages (its start), in the second pass.
+    chosen: Option<usize>,
+    /// Its list's name.
+    iter: &'s str,
+    /// The parameters of the macros being walked.
+    params: Vec<&'s str>,
     edits: Vec<(usize, usize, String)>,
+    /// Namespace attributes the loop writes (`ns.attr`).
+    state: std::collections::BTreeSet<(&'s str, &'s str)>,
     prompts: Vec<usize>,
     refused: Option<String>,
 }
@@ -101,20 +111,52 @@ pub(crate) fn plan(source: &str, syntax: minijinja::syntax::SyntaxConfig) -> Res
     for _ in 0..2 {
         aliases(&t.children, &mut walk);
     }
+    // First pass: the loops over the messages; the largest is the conversation's (any other
+    // is read through the recording list like any other read). Second pass: that loop's body.
     stmts(&t.children, Scope::default(), &mut walk);
-    // The walk found the loops; now the loop's body, with the main-loop checks.
+    let chosen = walk.loops.iter().max_by_key(|l| l.3 - l.2).copied();
+    let Some((iter_start, iter_end, start, end)) = chosen else {
+        return Err("no loop over the messages outside any loop or macro".into());
+    };
+    walk = Walk {
+        source,
+        aliases: std::mem::take(&mut walk.aliases),
+        chosen: Some(start),
+        iter: &source[iter_start..iter_end],
+        ..Walk::default()
+    };
+    stmts(&t.children, Scope::default(), &mut walk);
     if let Some(why) = walk.refused.take() {
         return Err(why);
     }
-    let [(iter_start, iter_end, _, end)] = walk.loops[..] else {
-        return Err(format!(
-            "{} loops over the messages outside any loop or macro (one is needed)",
-            walk.loops.len()
-        ));
-    };
     let prompt_after_loop = walk.prompts.iter().all(|&at| at >= end);
     let iter = &source[iter_start..iter_end];
     walk.edits.push((iter_start, iter_end, format!("{HOOKS}.main({iter})")));
+    if !walk.state.is_empty() {
+        // Right after the loop's tag: put the state back (a run that starts its loop at a later
+        // turn), then keep it (the full run). The last tag ends as the loop's tag did, so that
+        // the whitespace after it is trimmed or kept as before.
+        let rest = &source[iter_end..];
+        let close = rest.find("%}").ok_or("the loop's tag does not close")?;
+        let (between, modifier) = match rest[..close].strip_suffix(['-', '+']) {
+            Some(b) => (b, &rest[close - 1..close]),
+            None => (&rest[..close], ""),
+        };
+        if !between.trim().is_empty() {
+            return Err("the loop's tag holds more than its list".into());
+        }
+        let mut put = format!("{{% if {HOOKS}.restoring(loop.index0) %}}");
+        let mut keep = String::new();
+        for (ns, name) in &walk.state {
+            put.push_str(&format!(
+                "{{% if {ns} is defined %}}{{% set {ns}.{name} = {HOOKS}.restored('{ns}.{name}') %}}{{% endif %}}"
+            ));
+            keep.push_str(&format!("{{% do {HOOKS}.snap('{ns}.{name}', {ns}, '{name}') %}}"));
+        }
+        let text = format!("{put}{{% endif %}}{}{modifier}%}}", &keep[..keep.len() - 2]);
+        let at = iter_end + close + 2;
+        walk.edits.push((at, at, text));
+    }
     walk.edits.sort_by_key(|e| e.0);
     let mut out = String::with_capacity(source.len() + 256);
     let mut at = 0;
@@ -130,6 +172,7 @@ pub(crate) fn plan(source: &str, syntax: minijinja::syntax::SyntaxConfig) -> Res
     Ok(Plan {
         source: out,
         prompt_after_loop,
+        stateful: !walk.state.is_empty(),
     })
 }
 
@@ -198,10 +241,16 @@ fn stmt<'s>(s: &Stmt<'s>, scope: Scope, walk: &mut Walk<'s>) {
         Stmt::EmitExpr(e) => expr(&e.expr, scope, walk),
         Stmt::EmitRaw(_) => {}
         Stmt::ForLoop(f) => {
-            let is_main = !scope.nested && var_name(&f.iter).is_some_and(|n| walk.aliases.contains(n));
+            let candidate = !scope.nested && var_name(&f.iter).is_some_and(|n| walk.aliases.contains(n));
+            let (start, end) = offsets(f.span());
+            let is_main = candidate && walk.chosen == Some(start);
             expr(&f.iter, scope, walk);
             if let Some(e) = &f.filter_expr {
                 expr(e, scope, walk);
+            }
+            if candidate && walk.chosen.is_none() {
+                let (iter_start, iter_end) = offsets(f.iter.span());
+                walk.loops.push((iter_start, iter_end, start, end));
             }
             if is_main {
                 if f.recursive || f.filter_expr.is_some() || !f.else_body.is_empty() {
@@ -210,9 +259,6 @@ fn stmt<'s>(s: &Stmt<'s>, scope: Scope, walk: &mut Walk<'s>) {
                         "the loop over the messages is recursive, filtered or has an else branch",
                     );
                 }
-                let (iter_start, iter_end) = offsets(f.iter.span());
-                let (start, end) = offsets(f.span());
-                walk.loops.push((iter_start, iter_end, start, end));
                 let inner = Scope {
                     main: true,
                     in_main: true,
@@ -277,7 +323,10 @@ fn stmt<'s>(s: &Stmt<'s>, scope: Scope, walk: &mut Walk<'s>) {
             for e in m.args.iter().chain(&m.defaults) {
                 expr(e, inner, walk);
             }
+            let params = walk.params.len();
+            walk.params.extend(m.args.iter().filter_map(var_name));
             stmts(&m.body, inner, walk);
+            walk.params.truncate(params);
         }
         Stmt::CallBlock(c) => {
             if scope.in_main {
@@ -299,18 +348,32 @@ fn stmt<'s>(s: &Stmt<'s>, scope: Scope, walk: &mut Walk<'s>) {
 }
 
 /// `{% set ns.attr = ... %}` in the loop over the messages or in a macro: state that lives from
-/// one loop turn to the next.
-fn namespace_write(target: &Expr<'_>, scope: Scope, walk: &mut Walk<'_>) {
-    let writes_attr = match target {
-        Expr::GetAttr(_) => true,
-        Expr::Tuple(t) => t.items.iter().any(|i| matches!(i, Expr::GetAttr(_))),
-        _ => false,
+/// one turn to the next, kept at each turn's start and put back where a run starts its loop at
+/// that turn.
+fn namespace_write<'s>(target: &Expr<'s>, scope: Scope, walk: &mut Walk<'s>) {
+    let attr = match target {
+        Expr::GetAttr(g) => match &g.expr {
+            Expr::Var(v) => Some((v.id, g.name)),
+            _ => {
+                refuse(walk, "an attribute of an expression is set");
+                return;
+            }
+        },
+        Expr::Tuple(t) if t.items.iter().any(|i| matches!(i, Expr::GetAttr(_))) => {
+            refuse(walk, "namespace attributes are set by unpacking");
+            return;
+        }
+        _ => None,
     };
-    if writes_attr && (scope.in_main || scope.in_macro) {
-        refuse(
-            walk,
-            "a namespace is written in the loop over the messages or in a macro",
-        );
+    if let Some((ns, name)) = attr {
+        if scope.in_macro && walk.params.contains(&ns) {
+            refuse(walk, "a macro writes a namespace it is given");
+        } else if scope.in_main || scope.in_macro {
+            // A macro (which the loop may call) writes the template's namespace by its name;
+            // one it makes itself lives for one call, and putting back a namespace of the same
+            // name gives it the value it has in the prefix's run anyway.
+            walk.state.insert((ns, name));
+        }
     }
 }
 
@@ -420,6 +483,9 @@ fn loop_attr(name: &str, from: usize, to: usize, walk: &mut Walk<'_>) {
         "first" => format!("(loop.index0 + {OFFSET} == 0)"),
         // Read through a hook, so that the turns that read it are known.
         "last" => format!("{HOOKS}.last(loop.last)"),
+        // minijinja's adjacent items, read as items of the list (which the list records).
+        "previtem" => format!("{HOOKS}.item({}, loop.index0 + {OFFSET} - 1)", walk.iter),
+        "nextitem" => format!("{HOOKS}.item({}, loop.index0 + {OFFSET} + 1)", walk.iter),
         "depth" | "depth0" => return,
         other => {
             refuse(walk, format!("the loop over the messages reads loop.{other}"));
@@ -436,11 +502,13 @@ pub(crate) struct Shared {
     pub(crate) written: AtomicUsize,
     /// The loop turn the run starts its loop at (0: the full run).
     start: usize,
+    /// A tail run puts back this state when its loop starts (`None`: the full run).
+    restore: Option<Vec<(String, Value)>>,
     record: Mutex<Record>,
 }
 
 /// The reads of one stretch of the run: before the loop, or one turn of it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Reads {
     /// The index in the whole list of the message the turn is for.
     base: usize,
@@ -448,6 +516,8 @@ struct Reads {
     len: bool,
     /// The turn read `loop.last` (which differs at the last message of a prefix).
     last: bool,
+    /// The namespace attributes the loop writes, as they were when the turn started.
+    state: Vec<(String, Value)>,
 }
 
 impl Reads {
@@ -485,10 +555,22 @@ impl Record {
 }
 
 impl Shared {
-    pub(crate) fn new(start: usize) -> Arc<Self> {
+    /// The full run.
+    pub(crate) fn full() -> Arc<Self> {
+        Self::new(0, None)
+    }
+
+    /// A run whose loop starts at turn `start` with the full run's state there.
+    pub(crate) fn tail(start: usize, trace: &Trace) -> Arc<Self> {
+        let state = trace.turns.get(start).map(|t| t.state.clone()).unwrap_or_default();
+        Self::new(start, Some(state))
+    }
+
+    fn new(start: usize, restore: Option<Vec<(String, Value)>>) -> Arc<Self> {
         Arc::new(Shared {
             written: AtomicUsize::new(0),
             start,
+            restore,
             record: Mutex::new(Record::default()),
         })
     }
@@ -546,7 +628,7 @@ impl Shared {
     pub(crate) fn trace(&self) -> Option<Trace> {
         self.with(|r| {
             (r.entered == 1 && r.ended && !r.broken && r.bounds.len() == r.turns.len() + 1).then(|| Trace {
-                before: r.before,
+                before: r.before.clone(),
                 turns: r.turns.clone(),
                 bounds: r.bounds.clone(),
             })
@@ -588,13 +670,24 @@ impl Trace {
         }
         for (j, t) in self.turns.iter().enumerate() {
             if t.base >= k {
-                return Some((j, true));
+                // With state, what follows the loop may read it: the prefix's last turn is run
+                // again (from the state before it) rather than the loop skipped.
+                return Some(if plan.stateful && j > 0 {
+                    (j - 1, false)
+                } else {
+                    (j, true)
+                });
             }
             if unsafe_reads(t) || (t.last && t.base + 1 == k) {
                 return Some((j, false));
             }
         }
-        Some((self.turns.len(), true))
+        let j = self.turns.len();
+        Some(if plan.stateful && j > 0 {
+            (j - 1, false)
+        } else {
+            (j, true)
+        })
     }
 }
 
@@ -744,6 +837,53 @@ impl Object for Hooks {
                 self.shared.read_last();
                 Ok(value.clone())
             }
+            // `item(list, i)`: the list's item `i`, undefined outside it (`loop.previtem`).
+            "item" => {
+                let i = args.get(1).and_then(Value::as_i64).ok_or_else(bad)?;
+                match usize::try_from(i) {
+                    Ok(i) => Ok(value.get_item(&Value::from(i)).unwrap_or_default()),
+                    Err(_) => Ok(Value::UNDEFINED),
+                }
+            }
+            // `restoring(loop.index0)`: a tail run at its first turn.
+            "restoring" => Ok(Value::from(self.shared.restore.is_some() && value.as_i64() == Some(0))),
+            "restored" => {
+                let key = value.as_str().ok_or_else(bad)?;
+                let state = self.shared.restore.as_deref().unwrap_or_default();
+                Ok(state
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map_or(Value::UNDEFINED, |(_, v)| v.clone()))
+            }
+            // `snap(key, ns, attr)`: the full run keeps the attribute as the turn starts.
+            "snap" => {
+                let key = value.as_str().ok_or_else(bad)?;
+                let (ns, attr) = (
+                    args.get(1).ok_or_else(bad)?,
+                    args.get(2).and_then(|a| a.as_str()).ok_or_else(bad)?,
+                );
+                if self.shared.restore.is_none() && !ns.is_undefined() {
+                    let v = ns.get_attr(attr).unwrap_or_default();
+                    // Only plain values can be handed to another run (a namespace in a
+                    // namespace would be shared with it).
+                    let plain = matches!(
+                        v.kind(),
+                        ValueKind::Undefined
+                            | ValueKind::None
+                            | ValueKind::Bool
+                            | ValueKind::Number
+                            | ValueKind::String
+                    );
+                    self.shared.with(|r| {
+                        if plain {
+                            r.current().state.push((key.to_owned(), v));
+                        } else {
+                            r.broken = true;
+                        }
+                    });
+                }
+                Ok(Value::from(()))
+            }
             _ => Err(Error::from(ErrorKind::UnknownMethod)),
         }
     }
@@ -775,12 +915,11 @@ mod tests {
         for src in [
             "{% for m in messages %}{{ loop.length }}{% endfor %}",
             "{% for m in messages %}{{ loop.revindex }}{% endfor %}",
-            "{% set ns = namespace(a=0) %}{% for m in messages %}{% set ns.a = ns.a + 1 %}{% endfor %}",
             "{% for m in messages %}{% if m.x %}{% break %}{% endif %}{% endfor %}",
             "{% set j = joiner(',') %}{% for m in messages %}{{ j() }}{% endfor %}",
             "{% for m in messages %}{{ loop.changed(m.role) }}{% endfor %}",
             "{% for m in messages %}{% set l = loop %}{% endfor %}",
-            "{% for m in messages %}a{% endfor %}{% for m in messages %}b{% endfor %}",
+            "{% macro f(ns) %}{% set ns.a = 1 %}{% endmacro %}{% for m in messages %}{% endfor %}",
             "{% for m in messages if m.role != 'system' %}{% endfor %}",
             "no loop",
         ] {

@@ -269,6 +269,8 @@ struct Planned<'a> {
     /// What follows the loop, without and with the generation prompt, once known to be the same
     /// after every prefix.
     after: [Option<String>; 2],
+    /// The last prefix came from the trace (not a render of the whole prefix).
+    planned: bool,
 }
 
 impl Prefixes for Planned<'_> {
@@ -284,18 +286,23 @@ impl Prefixes for Planned<'_> {
                 None
             };
             if let Some(after) = cached {
+                self.planned = true;
                 return Ok(joined(kept, after));
             }
-            if let Some((text, at, after_reads_none)) = self.template.tail(m, self.tools, self.extra, agp, start) {
+            if let Some((text, at, after_reads_none)) =
+                self.template.tail(m, self.tools, self.extra, agp, start, &self.trace)
+            {
                 // The part before the loop is written alike (it read the same values).
                 if text.get(..at) == self.full.get(..self.trace.bounds[0]) {
                     if at_end && after_reads_none {
                         self.after[usize::from(agp)] = Some(text[at..].to_owned());
                     }
+                    self.planned = true;
                     return Ok(joined(kept, &text[at..]));
                 }
             }
         }
+        self.planned = false;
         self.template
             .render(&Value::from(m.to_vec()), self.tools, self.extra, agp)
             .map(Rc::from)
@@ -708,6 +715,7 @@ impl ChatTemplate {
                 tools,
                 extra,
                 after: [None, None],
+                planned: false,
             };
             let regions = locate_with(&full, &items, special_tokens, select, planned)?;
             return Ok((full, regions));
@@ -719,9 +727,137 @@ impl ChatTemplate {
     }
 }
 
+/// One prefix render as the locator gets it ([`ChatTemplate::prefix_renders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixRender {
+    /// How many messages of the conversation it renders.
+    pub messages: usize,
+    pub add_generation_prompt: bool,
+    pub text: String,
+    /// Taken from the traced full run (`false`: the whole prefix was rendered).
+    pub planned: bool,
+}
+
+impl ChatTemplate {
+    /// Every prefix render `render(messages[..k], add_generation_prompt)` (`k` from 1 to the
+    /// whole conversation, without and with the prompt) as the locator makes it: from one
+    /// traced run where the template has a plan ([`super::prefix`]), else rendered in full. Each
+    /// must equal the render of the prefix itself; this is how that is checked.
+    ///
+    /// ```
+    /// use sftmask::chat::{ChatTemplate, SpecialTokens, Value};
+    /// let t = ChatTemplate::new("{% for m in messages %}[{{ m.content }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}",
+    ///     SpecialTokens::default()).unwrap();
+    /// let m: Value = serde_json::from_str(r#"[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]"#).unwrap();
+    /// let renders = t.prefix_renders(&m, None, &[]).unwrap();
+    /// assert_eq!(renders.len(), 4);
+    /// assert!(renders.iter().all(|r| r.planned));
+    /// assert_eq!(renders[1].text, "[a]>");
+    /// ```
+    ///
+    /// # Errors
+    /// The full rendering's error, or a prefix's.
+    pub fn prefix_renders(
+        &self,
+        messages: &Value,
+        tools: Option<&Value>,
+        extra: &[(String, Value)],
+    ) -> Result<Vec<PrefixRender>, ChatError> {
+        let items: Vec<Value> = messages
+            .try_iter()
+            .map_err(|e| ChatError::Unsupported(format!("messages is not a list: {e}")))?
+            .collect();
+        let traced = self.traced(&items, tools, extra);
+        let full = match &traced {
+            Some((text, _)) => text.clone(),
+            None => self.render(messages, tools, extra, false)?,
+        };
+        let mut planned = traced.map(|(_, trace)| Planned {
+            template: self,
+            full: &full,
+            trace,
+            tools,
+            extra,
+            after: [None, None],
+            planned: false,
+        });
+        let mut out = Vec::with_capacity(2 * items.len());
+        for k in 1..=items.len() {
+            for agp in [false, true] {
+                let (text, from_trace) = match planned.as_mut() {
+                    Some(p) => {
+                        let text = p.render(&items[..k], agp, false)?;
+                        (text.to_string(), p.planned)
+                    }
+                    None => (
+                        self.render(&Value::from(items[..k].to_vec()), tools, extra, agp)?,
+                        false,
+                    ),
+                };
+                out.push(PrefixRender {
+                    messages: k,
+                    add_generation_prompt: agp,
+                    text,
+                    planned: from_trace,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Prefix renders from the trace equal the renders of the prefixes, on templates that read
+    /// ahead, behind, the last message, the length, and carry state across turns.
+    #[test]
+    fn prefix_renders_equal_the_prefixes_rendered() {
+        let templates = [
+            // Qwen2.5's tool turns: look ahead and `loop.last` close a run of tool messages.
+            "{% for m in messages %}{% if m.role == 'tool' %}{% if loop.first or messages[loop.index0 - 1].role != 'tool' %}<T>{% endif %}\
+             {{ m.content }}{% if loop.last or messages[loop.index0 + 1].role != 'tool' %}</T>{% endif %}\
+             {% else %}<{{ m.role }}>{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+            // Llama-3.1's system slice and the previous item.
+            "{% if messages[0].role == 'system' %}S:{{ messages[0].content }}|{% set messages = messages[1:] %}{% endif %}\
+             {% for m in messages %}{{ loop.index }}{{ m.role }}{% if loop.previtem %}(after {{ loop.previtem.role }}){% endif %}\
+             {{ m.content }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}",
+            // The last message read before the loop, and the length in the loop.
+            "{% if messages[-1].role == 'user' %}open {% endif %}{% for m in messages %}{{ m.content }}{% endfor %}",
+            "{% for m in messages %}{{ messages | length }}{{ m.content }}{% endfor %}",
+            // State across turns, read after the loop; the prompt read inside the loop.
+            "{% set ns = namespace(users=0, last='') %}{% for m in messages %}{% if m.role == 'user' %}\
+             {% set ns.users = ns.users + 1 %}{% endif %}{% set ns.last = m.role %}{{ ns.users }}{{ m.content }}\
+             {% if loop.last and add_generation_prompt %}<gen>{% endif %}{% endfor %}[{{ ns.last }}]",
+        ];
+        let messages: Value = serde_json::from_str(
+            r#"[{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"}, {"role": "tool", "content": "t1"},
+                {"role": "tool", "content": "t2"}, {"role": "user", "content": "q2"},
+                {"role": "assistant", "content": "a2"}]"#,
+        )
+        .unwrap();
+        let items: Vec<Value> = messages.try_iter().unwrap().collect();
+        for source in templates {
+            let t = ChatTemplate::new(source, super::super::SpecialTokens::default()).unwrap();
+            assert_eq!(t.prefix_renders_in_full(), None, "{source}");
+            let renders = t.prefix_renders(&messages, None, &[]).unwrap();
+            assert_eq!(renders.len(), 2 * items.len());
+            for r in &renders {
+                let want = t
+                    .render(
+                        &Value::from(items[..r.messages].to_vec()),
+                        None,
+                        &[],
+                        r.add_generation_prompt,
+                    )
+                    .unwrap();
+                assert_eq!(r.text, want, "{source} {r:?}");
+            }
+            assert!(renders.iter().any(|r| r.planned) || source.contains("[-1]"), "{source}");
+        }
+    }
 
     #[test]
     fn pieces_cut_at_tokens_and_whitespace() {

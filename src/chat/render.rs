@@ -191,7 +191,7 @@ impl ChatTemplate {
         extra: &[(String, Value)],
     ) -> Option<(String, Trace)> {
         self.plan.as_ref().ok()?;
-        let shared = Shared::new(0);
+        let shared = Shared::full();
         let messages = Messages::value(items.to_vec(), shared.clone());
         let text = self
             .run(PREFIX_NAME, messages, tools, extra, false, Some(&shared))
@@ -208,8 +208,9 @@ impl ChatTemplate {
         extra: &[(String, Value)],
         add_generation_prompt: bool,
         start: usize,
+        trace: &Trace,
     ) -> Option<(String, usize, bool)> {
-        let shared = Shared::new(start);
+        let shared = Shared::tail(start, trace);
         let messages = Messages::value(items.to_vec(), shared.clone());
         let text = self
             .run(

@@ -187,6 +187,45 @@ impl PyChatTemplate {
         })
     }
 
+    /// Every prefix render of one conversation (``{"messages": [...], "tools": ...}`` as JSON) as
+    /// locating its turns makes them: ``(k, add_generation_prompt, text, planned)`` for ``k``
+    /// from 1 to all messages, ``planned`` when the text came from one traced run of the whole
+    /// conversation rather than a render of the prefix. Each text must equal the render of the
+    /// first ``k`` messages; ``prefix_renders_in_full`` says why a template has no plan.
+    ///
+    /// >>> t = ChatTemplate("{% for m in messages %}[{{ m.content }}]{% endfor %}")
+    /// >>> t.prefix_renders('{"messages": [{"role": "user", "content": "a"}]}')
+    /// [(1, False, '[a]', True), (1, True, '[a]', True)]
+    #[pyo3(signature = (conversation_json, *, kwargs_json = "{}"))]
+    fn prefix_renders(
+        &self,
+        py: Python<'_>,
+        conversation_json: &str,
+        kwargs_json: &str,
+    ) -> PyResult<Vec<(usize, bool, String, bool)>> {
+        let conv: Value =
+            serde_json::from_str(conversation_json).map_err(|e| option_err(format!("conversation_json: {e}")))?;
+        let kwargs = parse_kwargs(kwargs_json)?;
+        let (messages, tools) = conversation(&conv);
+        let renders = detach_guarded(py, || {
+            self.compiled()
+                .and_then(|t| t.prefix_renders(&messages, tools.as_ref(), &kwargs))
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(renders
+            .map_err(option_err)?
+            .into_iter()
+            .map(|r| (r.messages, r.add_generation_prompt, r.text, r.planned))
+            .collect())
+    }
+
+    /// Why this template's prefix renders are made in full, not from one traced run (``None``
+    /// when they are not, or when the Rust renderer cannot compile the template).
+    #[getter]
+    fn prefix_renders_in_full(&self) -> Option<String> {
+        self.inner.as_ref().ok()?.prefix_renders_in_full().map(str::to_owned)
+    }
+
     /// Renders each conversation like ``render`` (without a generation prompt) and locates its
     /// assistant messages. ``kind`` is ``ok`` or an error kind (``raised``, ``unsupported``,
     /// ``limit``, ``not_located``), then ``text`` is the message. ``special_tokens`` tell which
