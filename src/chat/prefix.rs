@@ -42,9 +42,6 @@ pub(crate) const OFFSET: &str = "__sftmask_off";
 pub(crate) struct Plan {
     /// The template with the loop over the messages wrapped in the hooks.
     pub(crate) source: String,
-    /// `add_generation_prompt` is read only after the loop (else renders with a generation
-    /// prompt are made in full).
-    prompt_after_loop: bool,
     /// The loop writes namespace attributes (kept at each turn, put back in a tail run).
     pub(crate) stateful: bool,
 }
@@ -66,7 +63,6 @@ struct Walk<'s> {
     edits: Vec<(usize, usize, String)>,
     /// Namespace attributes the loop writes (`ns.attr`).
     state: std::collections::BTreeSet<(&'s str, &'s str)>,
-    prompts: Vec<usize>,
     refused: Option<String>,
 }
 
@@ -115,7 +111,7 @@ pub(crate) fn plan(source: &str, syntax: minijinja::syntax::SyntaxConfig) -> Res
     // is read through the recording list like any other read). Second pass: that loop's body.
     stmts(&t.children, Scope::default(), &mut walk);
     let chosen = walk.loops.iter().max_by_key(|l| l.3 - l.2).copied();
-    let Some((iter_start, iter_end, start, end)) = chosen else {
+    let Some((iter_start, iter_end, start, _)) = chosen else {
         return Err("no loop over the messages outside any loop or macro".into());
     };
     walk = Walk {
@@ -129,7 +125,6 @@ pub(crate) fn plan(source: &str, syntax: minijinja::syntax::SyntaxConfig) -> Res
     if let Some(why) = walk.refused.take() {
         return Err(why);
     }
-    let prompt_after_loop = walk.prompts.iter().all(|&at| at >= end);
     let iter = &source[iter_start..iter_end];
     walk.edits.push((iter_start, iter_end, format!("{HOOKS}.main({iter})")));
     if !walk.state.is_empty() {
@@ -171,7 +166,6 @@ pub(crate) fn plan(source: &str, syntax: minijinja::syntax::SyntaxConfig) -> Res
     out.push_str(&source[at..]);
     Ok(Plan {
         source: out,
-        prompt_after_loop,
         stateful: !walk.state.is_empty(),
     })
 }
@@ -265,7 +259,6 @@ fn stmt<'s>(s: &Stmt<'s>, scope: Scope, walk: &mut Walk<'s>) {
                     nested: true,
                     in_macro: scope.in_macro,
                 };
-                expr(&f.target, inner, walk);
                 stmts(&f.body, inner, walk);
             } else {
                 let inner = Scope {
@@ -273,7 +266,6 @@ fn stmt<'s>(s: &Stmt<'s>, scope: Scope, walk: &mut Walk<'s>) {
                     nested: true,
                     ..scope
                 };
-                expr(&f.target, inner, walk);
                 stmts(&f.body, inner, walk);
                 stmts(&f.else_body, inner, walk);
             }
@@ -284,15 +276,13 @@ fn stmt<'s>(s: &Stmt<'s>, scope: Scope, walk: &mut Walk<'s>) {
             stmts(&c.false_body, scope, walk);
         }
         Stmt::WithBlock(w) => {
-            for (target, value) in &w.assignments {
-                expr(target, scope, walk);
+            for (_, value) in &w.assignments {
                 expr(value, scope, walk);
             }
             stmts(&w.body, scope, walk);
         }
         Stmt::Set(set) => {
             namespace_write(&set.target, scope, walk);
-            expr(&set.target, scope, walk);
             expr(&set.expr, scope, walk);
         }
         Stmt::SetBlock(set) => {
@@ -320,7 +310,7 @@ fn stmt<'s>(s: &Stmt<'s>, scope: Scope, walk: &mut Walk<'s>) {
                 nested: true,
                 in_macro: true,
             };
-            for e in m.args.iter().chain(&m.defaults) {
+            for e in &m.defaults {
                 expr(e, inner, walk);
             }
             let params = walk.params.len();
@@ -392,7 +382,12 @@ fn expr<'s>(e: &Expr<'s>, scope: Scope, walk: &mut Walk<'s>) {
     match e {
         Expr::Var(v) => match v.id {
             "loop" if scope.main => refuse(walk, "the loop over the messages uses `loop` as a value"),
-            "add_generation_prompt" => walk.prompts.push(offsets(v.span()).0),
+            // Read through a hook, so that where the prompt flag is read is known.
+            "add_generation_prompt" => {
+                let (from, to) = offsets(v.span());
+                walk.edits
+                    .push((from, to, format!("{HOOKS}.prompt(add_generation_prompt)")));
+            }
             "cycler" | "joiner" => refuse(walk, "the template uses cycler or joiner"),
             _ => {}
         },
@@ -516,6 +511,8 @@ struct Reads {
     len: bool,
     /// The turn read `loop.last` (which differs at the last message of a prefix).
     last: bool,
+    /// It read `add_generation_prompt` (which differs in a render with the prompt).
+    prompt: bool,
     /// The namespace attributes the loop writes, as they were when the turn started.
     state: Vec<(String, Value)>,
 }
@@ -602,6 +599,10 @@ impl Shared {
         self.with(|r| r.current().last = true);
     }
 
+    fn read_prompt(&self) {
+        self.with(|r| r.current().prompt = true);
+    }
+
     fn turn(&self, base: Option<usize>) {
         let at = self.written.load(Ordering::Relaxed);
         self.with(|r| {
@@ -659,12 +660,12 @@ impl Trace {
     /// when `replaced`) may part from the full run, and whether that is where the prefix's loop
     /// ends (nothing of the loop is left to render); `None` when it may part before the loop.
     pub(crate) fn parts_at(&self, plan: &Plan, k: usize, replaced: bool, prompt: bool) -> Option<(usize, bool)> {
-        if k == 0 || (prompt && !plan.prompt_after_loop) {
+        if k == 0 {
             return None;
         }
         // The first index whose value differs (absent from the prefix, or replaced).
         let differs = if replaced { k - 1 } else { k };
-        let unsafe_reads = |r: &Reads| r.len || r.max_index.is_some_and(|m| m >= differs);
+        let unsafe_reads = |r: &Reads| r.len || r.max_index.is_some_and(|m| m >= differs) || (prompt && r.prompt);
         if unsafe_reads(&self.before) {
             return None;
         }
@@ -837,6 +838,10 @@ impl Object for Hooks {
                 self.shared.read_last();
                 Ok(value.clone())
             }
+            "prompt" => {
+                self.shared.read_prompt();
+                Ok(value.clone())
+            }
             // `item(list, i)`: the list's item `i`, undefined outside it (`loop.previtem`).
             "item" => {
                 let i = args.get(1).and_then(Value::as_i64).ok_or_else(bad)?;
@@ -903,7 +908,11 @@ mod tests {
                    {% for m in messages %}{% if loop.first %}F{% endif %}{{ loop.index0 }}{{ m.content }}{% endfor %}\
                    {% if add_generation_prompt %}A:{% endif %}";
         let p = plan(src, syntax()).unwrap();
-        assert!(p.prompt_after_loop);
+        assert!(
+            p.source.contains("{% if __sftmask.prompt(add_generation_prompt) %}A:"),
+            "{}",
+            p.source
+        );
         assert!(p.source.contains("__sftmask.skip(messages, 1)"), "{}", p.source);
         assert!(p.source.contains("for m in __sftmask.main(messages)"), "{}", p.source);
         assert!(p.source.contains("(loop.index0 + __sftmask_off == 0)"), "{}", p.source);
@@ -937,6 +946,8 @@ mod tests {
             syntax(),
         )
         .unwrap();
-        assert!(!p.prompt_after_loop && p.source.contains("__sftmask.last(loop.last)"));
+        assert!(p
+            .source
+            .contains("__sftmask.last(loop.last) and __sftmask.prompt(add_generation_prompt)"));
     }
 }
