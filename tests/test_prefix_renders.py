@@ -129,7 +129,7 @@ if __name__ == "__main__":
     reasons: Counter[str] = Counter()
     for name in sorted(_TEMPLATES):
         t = _template(name)
-        why = t.unsupported and "not rendered in Rust" or t.prefix_renders_in_full or "planned"
+        why = (t.unsupported and "not rendered in Rust") or t.prefix_renders_in_full or "planned"
         reasons[why] += 1
         print(f"{name:70} {why}")
     print()
