@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """What locating assistant regions costs as conversations grow: render alone vs render + locate.
 
-Locating assistant message ``i`` renders prefixes of the conversation (docs/masking.md rule 45):
-``render(messages[:i], add_generation_prompt=True)`` and ``render(messages[:i+1])`` when both are
-prefixes of the full rendering, a few more for a turn the history rewrites (Qwen3 drops earlier
-reasoning). Each prefix render costs time linear in its length, so a conversation of ``n`` turns
-costs about ``n`` full renders: this bench measures by how much, on 1 to 64 turns.
+Locating assistant message ``i`` needs prefixes of the conversation rendered (docs/masking.md rule
+45): ``render(messages[:i], add_generation_prompt=True)`` and ``render(messages[:i+1])`` when both
+are prefixes of the full rendering, a few more for a turn the history rewrites (Qwen3 drops
+earlier reasoning). Rendered one by one, each costs time linear in its length, so a conversation
+of ``n`` turns costs about ``n`` full renders; taken from one traced run (a template's prefix
+plan, docs/chat-templates.md "Prefix renders"), about two. This bench measures both, on 1 to 64
+turns: Qwen2.5 and Llama-3.1 have every prefix served by their plan, Qwen3 (whose code before its
+loop scans the whole conversation) none.
 
 Data: a system prompt, then ``turns`` exchanges (a user question, an answer of ~40 words with a
 ``reasoning_content`` field), the same text in every run. Templates: Qwen2.5-7B-Instruct,
@@ -84,17 +87,29 @@ def measure(rows: int, repeat: int) -> dict:
         template = _core.ChatTemplate(
             corpus[name], bos_token=special.get("bos_token"), eos_token=special.get("eos_token")
         )
+        in_full = _core.ChatTemplate(
+            corpus[name],
+            bos_token=special.get("bos_token"),
+            eos_token=special.get("eos_token"),
+            prefix_plan=False,
+        )
         for turns in TURNS:
             batch = json.dumps([conversation(turns)] * rows)
             render = best(lambda t=template, b=batch: t.render(b), repeat) / rows
             locate = best(lambda t=template, b=batch: t.regions(b, TOKENS), repeat) / rows
+            locate_full = best(lambda t=in_full, b=batch: t.regions(b, TOKENS), repeat) / rows
             [(kind, _, regions)] = template.regions(json.dumps([conversation(turns)]), TOKENS)
+            assert in_full.regions(json.dumps([conversation(turns)]), TOKENS) == [(kind, _, regions)]
             out[f"{label}/{turns}"] = {
                 "render_ms": render * 1e3,
                 "locate_ms": locate * 1e3,
+                "locate_full_ms": locate_full * 1e3,
                 "located": f"{len(regions)}/{turns}" if kind == "ok" else kind,
             }
-            print(f"{label:10} {turns:3} turns: render {render * 1e3:8.3f} ms, locate {locate * 1e3:8.3f} ms, {kind}")
+            print(
+                f"{label:10} {turns:3} turns: render {render * 1e3:8.3f} ms, locate {locate * 1e3:8.3f} ms, "
+                f"prefixes in full {locate_full * 1e3:8.3f} ms, {kind}"
+            )
     return out
 
 
@@ -122,13 +137,16 @@ def main() -> None:
         "figures of two runs differ by up to 2x: read the ratios and how they grow, not the digits.",
         f"- A system prompt and N exchanges (answers of ~40 words with `reasoning_content`); best of "
         f"{args.repeat} over {args.rows} conversations, ms per conversation. render: the full rendering alone; "
-        "locate: the full rendering and every assistant region (`ChatTemplate.regions`).",
+        "locate: the full rendering and every assistant region (`ChatTemplate.regions`), the prefix renders "
+        "taken from one traced run where the template has a plan (docs/chat-templates.md, \"Prefix renders\"); "
+        "in full: the same with every prefix rendered (`prefix_plan=False`, as before plans; same regions, "
+        "asserted).",
     ]
     if before:
         lines.append(f"- before: the same run on {args.before_label}.")
     lines.append("")
-    head = "| template | turns | render ms | locate ms | locate / render | located |"
-    rule = "|---|---|---|---|---|---|"
+    head = "| template | turns | render ms | locate ms | locate / render | in full: locate ms | in full / locate | located |"
+    rule = "|---|---|---|---|---|---|---|---|"
     if before:
         head += " before: locate ms | before: located |"
         rule += "---|---|"
@@ -137,7 +155,8 @@ def main() -> None:
         label, turns = key.split("/")
         line = (
             f"| {label} | {turns} | {row['render_ms']:.3f} | {row['locate_ms']:.3f} | "
-            f"{row['locate_ms'] / row['render_ms']:.1f}x | {row['located']} |"
+            f"{row['locate_ms'] / row['render_ms']:.1f}x | {row['locate_full_ms']:.3f} | "
+            f"{row['locate_full_ms'] / row['locate_ms']:.1f}x | {row['located']} |"
         )
         if before and key in before:
             line += f" {before[key]['locate_ms']:.3f} | {before[key]['located']} |"

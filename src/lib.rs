@@ -51,11 +51,6 @@ pub mod vocab;
 #[cfg(test)]
 mod test_support;
 
-/// The Python extension allocates with mimalloc (see Cargo.toml).
-#[cfg(feature = "python")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[cfg(feature = "python")]
 mod python;
 

@@ -214,6 +214,7 @@ class ChatTemplate:
         eos_token: str | None = None,
         unk_token: str | None = None,
         pad_token: str | None = None,
+        prefix_plan: bool = True,
     ) -> ChatTemplate: ...
     @property
     def unsupported(self) -> str | None: ...

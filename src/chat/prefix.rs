@@ -84,11 +84,8 @@ struct Scope {
     in_macro: bool,
 }
 
-/// The plan for `source` (after the generation-tag rewrite), or why there is none.
-///
-/// ```ignore
-/// // (crate-private) A ChatML loop gets a plan, a template that reads `loop.length` does not.
-/// ```
+/// The plan for `source` (after the generation-tag rewrite), or why there is none (see the tests
+/// below and [`crate::chat::ChatTemplate::prefix_renders_in_full`]).
 pub(crate) fn plan(source: &str, syntax: minijinja::syntax::SyntaxConfig) -> Result<Plan, String> {
     if source.contains(HOOKS) {
         return Err(format!("the template names {HOOKS}"));

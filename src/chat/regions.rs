@@ -46,7 +46,8 @@
 //! Every region is checked byte for byte against renders of the same conversation, so a region
 //! is exact or not given at all: a turn no rule locates gives [`ChatError::NotLocated`] for that
 //! message, never a guessed range. Cost: two renders of a prefix per assistant message when `G`
-//! and `H` are prefixes (quadratic in the number of turns); a few more for a rewritten turn.
+//! and `H` are prefixes, a few more for a rewritten turn; with the Rust renderer each is taken
+//! from one traced run of the whole conversation where that is exact ([`super::prefix`]).
 
 use std::collections::HashMap;
 use std::rc::Rc;

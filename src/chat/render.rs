@@ -168,6 +168,20 @@ impl ChatTemplate {
         self.run(NAME, messages.clone(), tools, extra, add_generation_prompt, None)
     }
 
+    /// The same template with its prefixes always rendered in full (no plan): how locating was
+    /// made before plans, kept to measure them against.
+    ///
+    /// ```
+    /// use sftmask::chat::{ChatTemplate, SpecialTokens};
+    /// let t = ChatTemplate::new("{% for m in messages %}{% endfor %}", SpecialTokens::default()).unwrap();
+    /// assert!(t.rendering_prefixes_in_full().prefix_renders_in_full().is_some());
+    /// ```
+    #[must_use]
+    pub fn rendering_prefixes_in_full(mut self) -> Self {
+        self.plan = Err("prefix plans were turned off".into());
+        self
+    }
+
     /// Why this template's prefix renders are made in full (`None`: they are not; see
     /// docs/chat-templates.md, "Prefix renders").
     ///

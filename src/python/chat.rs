@@ -127,7 +127,7 @@ impl PyChatTemplate {
 #[pymethods]
 impl PyChatTemplate {
     #[new]
-    #[pyo3(signature = (source, *, bos_token = None, eos_token = None, unk_token = None, pad_token = None))]
+    #[pyo3(signature = (source, *, bos_token = None, eos_token = None, unk_token = None, pad_token = None, prefix_plan = true))]
     fn new(
         py: Python<'_>,
         source: &str,
@@ -135,6 +135,7 @@ impl PyChatTemplate {
         eos_token: Option<String>,
         unk_token: Option<String>,
         pad_token: Option<String>,
+        prefix_plan: bool,
     ) -> PyResult<Self> {
         let special = SpecialTokens {
             bos: bos_token,
@@ -142,7 +143,11 @@ impl PyChatTemplate {
             unk: unk_token,
             pad: pad_token,
         };
-        let inner = detach_guarded(py, || ChatTemplate::new(source, special))?.map_err(|e| match e {
+        let compile = || {
+            let t = ChatTemplate::new(source, special)?;
+            Ok(if prefix_plan { t } else { t.rendering_prefixes_in_full() })
+        };
+        let inner = detach_guarded(py, compile)?.map_err(|e| match e {
             ChatError::Unsupported(reason) => reason,
             other => other.to_string(),
         });

@@ -5,6 +5,7 @@
 //! (`py.detach`), hands output buffers to numpy without copying (`into_pyarray`), and maps core
 //! errors to sftmask's exception tree (`errors`). Panics become `sftmask.InternalError`.
 
+mod alloc;
 mod arrow;
 mod chat;
 mod convert;
