@@ -138,14 +138,17 @@ def main() -> None:
         f"- A system prompt and N exchanges (answers of ~40 words with `reasoning_content`); best of "
         f"{args.repeat} over {args.rows} conversations, ms per conversation. render: the full rendering alone; "
         "locate: the full rendering and every assistant region (`ChatTemplate.regions`), the prefix renders "
-        "taken from one traced run where the template has a plan (docs/chat-templates.md, \"Prefix renders\"); "
+        'taken from one traced run where the template has a plan (docs/chat-templates.md, "Prefix renders"); '
         "in full: the same with every prefix rendered (`prefix_plan=False`, as before plans; same regions, "
         "asserted).",
     ]
     if before:
         lines.append(f"- before: the same run on {args.before_label}.")
     lines.append("")
-    head = "| template | turns | render ms | locate ms | locate / render | in full: locate ms | in full / locate | located |"
+    head = (
+        "| template | turns | render ms | locate ms | locate / render | in full: locate ms | in full / locate "
+        "| located |"
+    )
     rule = "|---|---|---|---|---|---|---|---|"
     if before:
         head += " before: locate ms | before: located |"
