@@ -137,10 +137,8 @@ impl TokenEngine {
     /// [`Error::TokenizerJson`] for a text `tokenizers` cannot load; [`Error::InvalidArgument`]
     /// for [`EngineChoice::Fast`] on a tokenizer the fast path does not cover, naming why.
     pub fn from_json(json: &str, choice: EngineChoice) -> Result<TokenEngine> {
-        let parse = || {
-            json.parse::<Tokenizer>()
-                .map_err(|e| Error::TokenizerJson(format!("{e}")))
-        };
+        // Without the truncation and padding a transformers tokenizer's last call left in it.
+        let parse = || crate::load::from_json(json);
         if choice == EngineChoice::Tokenizers {
             return Ok(TokenEngine {
                 tokenizer: parse()?,

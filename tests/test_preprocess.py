@@ -342,7 +342,8 @@ def test_keep_errors():
         sftmask.DataCollatorForCompletionOnlyLM(tokenizer=tok, pad_token_id=0)
 
 
-def test_a_truncating_call_left_on_the_tokenizer_does_not_truncate_preprocessing() -> None:
+@pytest.mark.parametrize("engine", ["auto", "tokenizers"])
+def test_a_truncating_call_left_on_the_tokenizer_does_not_truncate_preprocessing(engine: str) -> None:
     # transformers leaves the last call's truncation and padding on its backend tokenizer, and
     # `to_str()` carries them; preprocessing must tokenize whole texts all the same.
     from conftest import load_hf_tokenizer
@@ -351,6 +352,6 @@ def test_a_truncating_call_left_on_the_tokenizer_does_not_truncate_preprocessing
     want = load_hf_tokenizer("qwen2")(text)["input_ids"]
     tok = load_hf_tokenizer("qwen2")
     tok([text], truncation=True, max_length=5, padding="max_length")
-    out = sftmask.tokenize_and_mask([text], tok, "<|im_start|>assistant\n")
+    out = sftmask.tokenize_and_mask([text], tok, "<|im_start|>assistant\n", engine=engine)
     assert out["input_ids"][0] == want and len(want) > 5
     assert any(label != -100 for label in out["labels"][0])

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use pyo3::prelude::*;
+use pyo3::types::PyList;
 
-use super::convert::{threads, Count};
+use super::convert::{id_and_label_lists, threads, Count};
 use super::encoder::PyEncoder;
 use super::errors::{core, detach_guarded, guarded, option_err};
 use super::stats::PyStats;
@@ -39,9 +40,9 @@ type RenderedRow = (
 );
 
 /// What `tokenize_conversations` returns: `(input_ids, labels, stats, fallback, not_located)`.
-type Tokenized = (
-    Vec<Vec<u32>>,
-    Vec<Vec<i64>>,
+type Tokenized<'py> = (
+    Bound<'py, PyList>,
+    Bound<'py, PyList>,
     PyStats,
     Vec<(usize, String)>,
     Vec<(usize, String)>,
@@ -287,8 +288,8 @@ impl PyChatTemplate {
                     ignore_index = -100, max_length = None, on_missing = "warn", reasoning = "train", num_threads = None),
        text_signature = "(template, encoder, rows, *, rendered=None, kwargs_json='{}', train_on='all', ignore_index=-100, max_length=None, on_missing='warn', reasoning='train', num_threads=None)")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn tokenize_conversations(
-    py: Python<'_>,
+pub(crate) fn tokenize_conversations<'py>(
+    py: Python<'py>,
     template: &PyChatTemplate,
     encoder: &PyEncoder,
     rows: Vec<String>,
@@ -300,7 +301,7 @@ pub(crate) fn tokenize_conversations(
     on_missing: &str,
     reasoning: &str,
     num_threads: Option<Count>,
-) -> PyResult<Tokenized> {
+) -> PyResult<Tokenized<'py>> {
     let options = conversation_options(train_on, ignore_index, max_length, on_missing, reasoning)?;
     let kwargs = parse_kwargs(kwargs_json)?;
     let threads = threads(num_threads);
@@ -343,13 +344,8 @@ pub(crate) fn tokenize_conversations(
         crate::messages::tokenize_conversations(template.template(), tokenizer, &convs, &kwargs, options, threads)
     })?;
     let out = core(out)?;
-    Ok((
-        out.input_ids,
-        out.labels,
-        out.stats.into(),
-        out.fallback,
-        out.not_located,
-    ))
+    let (input_ids, labels) = id_and_label_lists(py, &out.input_ids, &out.labels)?;
+    Ok((input_ids, labels, out.stats.into(), out.fallback, out.not_located))
 }
 
 /// What `locate_regions` returns per assistant message: `(message, (start, end) | None, marker,

@@ -533,3 +533,47 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Count {
             .ok_or_else(|| super::errors::option_err(format!("expected a positive int, got {v}")))
     }
 }
+
+/// Rows of ids and labels as Python lists of lists, built together: a label equal to the id at
+/// its position is that id's int object, and every other label (`ignore_index`, mostly) one
+/// shared int, so that the labels cost no new objects beyond their lists. This conversion holds
+/// the GIL, so it is the serial part of a preprocessing call.
+pub(crate) fn id_and_label_lists<'py>(
+    py: Python<'py>,
+    ids: &[Vec<u32>],
+    labels: &[Vec<i64>],
+) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+    let mut shared: Vec<(i64, Bound<'py, PyAny>)> = Vec::new();
+    let mut id_rows = Vec::with_capacity(ids.len());
+    let mut label_rows = Vec::with_capacity(labels.len());
+    for (row_ids, row_labels) in ids.iter().zip(labels) {
+        let objects: Vec<Bound<'py, PyAny>> = row_ids
+            .iter()
+            .map(|&id| {
+                let Ok(o) = id.into_pyobject(py);
+                o.into_any()
+            })
+            .collect();
+        let mut label_objects = Vec::with_capacity(row_labels.len());
+        for (i, &label) in row_labels.iter().enumerate() {
+            let object = match objects.get(i) {
+                Some(o) if i64::from(row_ids[i]) == label => o.clone(),
+                _ => match shared.iter().find(|(v, _)| *v == label) {
+                    Some((_, o)) => o.clone(),
+                    None => {
+                        let Ok(o) = label.into_pyobject(py);
+                        let o = o.into_any();
+                        if shared.len() < 4 {
+                            shared.push((label, o.clone()));
+                        }
+                        o
+                    }
+                },
+            };
+            label_objects.push(object);
+        }
+        id_rows.push(PyList::new(py, objects)?);
+        label_rows.push(PyList::new(py, label_objects)?);
+    }
+    Ok((PyList::new(py, id_rows)?, PyList::new(py, label_rows)?))
+}

@@ -3,8 +3,9 @@
 //! that uses it.
 
 use pyo3::prelude::*;
+use pyo3::types::PyList;
 
-use super::convert::{threads, Count};
+use super::convert::{id_and_label_lists, threads, Count};
 use super::errors::{core, detach_guarded, row_err};
 use super::masker::PyMasker;
 use super::stats::PyStats;
@@ -126,7 +127,7 @@ impl PyEncoder {
 }
 
 /// What `tokenize_and_mask` returns: `(input_ids, labels, stats)`.
-type Preprocessed = (Vec<Vec<u32>>, Vec<Vec<i64>>, PyStats);
+type Preprocessed<'py> = (Bound<'py, PyList>, Bound<'py, PyList>, PyStats);
 
 /// Tokenizes `texts` with `encoder` and masks each row with `masker` (an exact one), in
 /// parallel and without the GIL. Returns ``(input_ids, labels, stats)``.
@@ -138,14 +139,14 @@ type Preprocessed = (Vec<Vec<u32>>, Vec<Vec<i64>>, PyStats);
 /// (1, 0, -100)
 #[pyfunction]
 #[pyo3(signature = (texts, encoder, masker, *, add_special_tokens = true, max_length = None))]
-pub(crate) fn tokenize_and_mask(
-    py: Python<'_>,
+pub(crate) fn tokenize_and_mask<'py>(
+    py: Python<'py>,
     texts: Vec<String>,
     encoder: &PyEncoder,
     masker: &PyMasker,
     add_special_tokens: bool,
     max_length: Option<Count>,
-) -> PyResult<Preprocessed> {
+) -> PyResult<Preprocessed<'py>> {
     let options = EncodeOptions {
         add_special_tokens,
         max_length: max_length.map(|c| c.0),
@@ -155,5 +156,6 @@ pub(crate) fn tokenize_and_mask(
     let out = core(detach_guarded(py, || {
         crate::encode::tokenize_and_mask(tokenizer, m, &texts, options, threads)
     })?)?;
-    Ok((out.input_ids, out.labels, out.stats.into()))
+    let (input_ids, labels) = id_and_label_lists(py, &out.input_ids, &out.labels)?;
+    Ok((input_ids, labels, out.stats.into()))
 }
