@@ -717,3 +717,23 @@ def test_the_fallback_locates_rewritten_history_as_the_rust_path_does() -> None:
         fallback, fstats = sftmask.tokenize_and_mask([chat], tok, chat_template=refused, return_stats=True)
     assert fstats.rows_not_located == 0
     assert fallback == rust
+
+
+def test_python_values_read_as_their_json() -> None:
+    """Conversations are read straight from the Python objects, as their JSON text would parse:
+    tuples are lists, non-string keys and big ints go through ``json.dumps`` (which makes keys
+    strings), and what JSON cannot hold is the same row error."""
+    import datetime
+
+    tok = tokenizer_for("llama_cpp/Qwen-Qwen2.5-7B-Instruct")
+    odd = [
+        {"role": "system", "content": "You are brief.", "meta": {1: "one", "n": 2**70, "t": (1, 2.5, None)}},
+        {"role": "user", "content": "Hi", "train": False},
+        {"role": "assistant", "content": "Hello!"},
+    ]
+    as_json = json.loads(json.dumps(odd))
+    assert sftmask.tokenize_and_mask([odd], tok) == sftmask.tokenize_and_mask([as_json], tok)
+    for bad in (datetime.date(2026, 1, 1), float("nan")):
+        with pytest.raises(sftmask.RowError, match=r"row 1: the conversation is not plain data") as e:
+            sftmask.tokenize_and_mask([as_json, [{"role": "user", "content": "x", "when": bad}]], tok)
+        assert isinstance(e.value, TypeError)

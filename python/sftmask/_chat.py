@@ -76,8 +76,10 @@ def compiled(source: str, special: dict[str, str]) -> ChatTemplate:
     return template
 
 
-def _row_json(r: int, messages: Any, tools: Any) -> str:
-    # `type(...) is` first: the ABC checks cost more than the JSON encoding on short messages.
+def _row(r: int, messages: Any, tools: Any) -> tuple[list[Any], Any]:
+    """A conversation as the core reads it: ``(messages, tools)``, read straight into template
+    values (plain data), or through ``json.dumps`` where it is not (which names what is not)."""
+    # `type(...) is` first: the ABC checks cost more than reading the values on short messages.
     if type(messages) is not list and (isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence)):
         raise row_error(
             r, f"a conversation must be a list of message dicts, got {type(messages).__name__}", type_error=True
@@ -85,10 +87,7 @@ def _row_json(r: int, messages: Any, tools: Any) -> str:
     for i, m in enumerate(messages):
         if type(m) is not dict and not isinstance(m, Mapping):
             raise row_error(r, f"message {i} must be a dict, got {type(m).__name__}", type_error=True)
-    try:
-        return json.dumps({"messages": list(messages), "tools": tools}, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise row_error(r, f"the conversation is not plain data (JSON-serializable): {e}", type_error=True) from None
+    return (messages if type(messages) is list else list(messages)), tools
 
 
 def _render(source: str, messages: list[Any], tools: Any, agp: bool, kwargs: dict[str, Any]) -> str:
@@ -187,7 +186,7 @@ def tokenize_conversations(
         kwargs_json = json.dumps(template_kwargs, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise OptionTypeError(f"template kwargs must be plain data (JSON-serializable): {e}") from None
-    texts = [_row_json(r, m, t) for r, (m, t) in enumerate(zip(conversations, row_tools))]
+    texts = [_row(r, m, t) for r, (m, t) in enumerate(zip(conversations, row_tools))]
     template = compiled(source, special)
     options = {
         "kwargs_json": kwargs_json,

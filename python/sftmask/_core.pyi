@@ -233,7 +233,7 @@ class ChatTemplate:
 def tokenize_conversations(
     template: ChatTemplate,
     encoder: Encoder,
-    rows: Sequence[str],
+    rows: list[str | tuple[Any, Any]],
     *,
     rendered: dict[int, tuple[str, list[tuple[int, tuple[int, int] | None, str | None, str | None]]]] | None = None,
     kwargs_json: str = "{}",

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use super::convert::{id_and_label_lists, threads, Count};
+use super::convert::{id_and_label_lists, plain_value, threads, Count};
 use super::encoder::PyEncoder;
-use super::errors::{core, detach_guarded, guarded, option_err};
+use super::errors::{core, detach_guarded, guarded, option_err, row_type_err};
 use super::stats::PyStats;
 use crate::chat::{ChatError, ChatTemplate, SpecialTokens, Value};
 use crate::messages::{Conversation, ConversationOptions, Located};
@@ -273,8 +273,8 @@ impl PyChatTemplate {
 }
 
 /// Renders (with ``template``), tokenizes (with ``encoder``, no special tokens added) and labels
-/// each conversation of ``rows`` (JSON texts of ``{"messages": [...], "tools": ...}``), in
-/// parallel and without the GIL. ``rendered`` maps a row to a text and regions rendered elsewhere
+/// each conversation of ``rows`` (JSON texts of ``{"messages": [...], "tools": ...}``, or
+/// ``(messages, tools)`` tuples of plain Python data), in parallel and without the GIL. ``rendered`` maps a row to a text and regions rendered elsewhere
 /// (the fallback). Returns ``(input_ids, labels, stats, fallback, not_located)``: ``fallback``
 /// lists ``(row, reason)`` for rows the Rust renderer cannot render (their ids are empty).
 ///
@@ -292,7 +292,7 @@ pub(crate) fn tokenize_conversations<'py>(
     py: Python<'py>,
     template: &PyChatTemplate,
     encoder: &PyEncoder,
-    rows: Vec<String>,
+    rows: Bound<'py, PyList>,
     rendered: Option<HashMap<usize, RenderedRow>>,
     kwargs_json: &str,
     train_on: &str,
@@ -307,13 +307,58 @@ pub(crate) fn tokenize_conversations<'py>(
     let threads = threads(num_threads);
     let mut rendered = rendered.unwrap_or_default();
     let tokenizer = &*encoder.inner;
+    // A row is the JSON text of `{"messages", "tools"}`, or a `(messages, tools)` tuple read
+    // straight into template values (no JSON text at all: encoding it is serial Python work);
+    // a tuple that is not plain data goes through `json.dumps`, as a text would have.
+    let mut items = Vec::with_capacity(rows.len());
+    for (r, row) in rows.iter().enumerate() {
+        if let Ok(text) = row.cast::<pyo3::types::PyString>() {
+            items.push(Err(text.to_cow()?.into_owned()));
+            continue;
+        }
+        let (messages, tools) = row
+            .extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>()
+            .map_err(|_| row_type_err(r, "a row must be a JSON text or a (messages, tools) tuple"))?;
+        match (plain_value(&messages, 0), plain_value(&tools, 0)) {
+            (Some(messages), Some(tools)) => items.push(Ok(Conversation {
+                messages,
+                tools: (!tools.is_none()).then_some(tools),
+                rendered: None,
+            })),
+            _ => {
+                let pair = pyo3::types::PyDict::new(py);
+                pair.set_item("messages", &messages)?;
+                pair.set_item("tools", &tools)?;
+                let kwargs = pyo3::types::PyDict::new(py);
+                kwargs.set_item("ensure_ascii", false)?;
+                kwargs.set_item("allow_nan", false)?;
+                let text = py
+                    .import("json")?
+                    .call_method("dumps", (pair,), Some(&kwargs))
+                    .map_err(|e| {
+                        row_type_err(
+                            r,
+                            format!(
+                                "the conversation is not plain data (JSON-serializable): {}",
+                                e.value(py)
+                            ),
+                        )
+                    })?;
+                items.push(Err(text.extract::<String>()?));
+            }
+        }
+    }
     let out = detach_guarded(py, move || {
         let parsed = crate::pool::map_rows(
-            rows,
+            items,
             threads,
             true,
             || (),
-            |(), (r, json): (usize, String)| {
+            |(), (r, item): (usize, Result<Conversation, String>)| {
+                let json = match item {
+                    Ok(conv) => return Ok(conv),
+                    Err(json) => json,
+                };
                 let v: Value = serde_json::from_str(&json).map_err(|e| crate::Error::Row {
                     row: r,
                     reason: format!("not a JSON conversation: {e}"),

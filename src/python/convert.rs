@@ -577,3 +577,53 @@ pub(crate) fn id_and_label_lists<'py>(
     }
     Ok((PyList::new(py, id_rows)?, PyList::new(py, label_rows)?))
 }
+
+/// A Python value as the template value its JSON text would parse to (`json.dumps` then
+/// `serde_json`), read straight from the objects: `None` for anything that is not plain data
+/// (a key that is not a string, an int past 64 bits, a float that is not finite, another type),
+/// which the caller then sends through `json.dumps` itself, errors and all.
+pub(crate) fn plain_value(obj: &Bound<'_, PyAny>, depth: usize) -> Option<minijinja::Value> {
+    use minijinja::Value;
+    if depth > 64 {
+        return None;
+    }
+    if obj.is_none() {
+        return Some(Value::from(()));
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return s.to_cow().ok().map(|c| Value::from(c.into_owned()));
+    }
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Some(Value::from(b.is_true()));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut pairs = Vec::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            let k = k.cast::<PyString>().ok()?.to_cow().ok()?.into_owned();
+            pairs.push((Value::from(k), plain_value(&v, depth + 1)?));
+        }
+        return Some(Value::from_pairs(pairs));
+    }
+    if let Ok(l) = obj.cast::<PyList>() {
+        return l
+            .iter()
+            .map(|v| plain_value(&v, depth + 1))
+            .collect::<Option<Vec<_>>>()
+            .map(Value::from);
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return t
+            .iter()
+            .map(|v| plain_value(&v, depth + 1))
+            .collect::<Option<Vec<_>>>()
+            .map(Value::from);
+    }
+    if obj.is_instance_of::<pyo3::types::PyInt>() {
+        return obj.extract::<i64>().ok().map(Value::from);
+    }
+    if let Ok(f) = obj.cast::<pyo3::types::PyFloat>() {
+        let f = f.value();
+        return f.is_finite().then(|| Value::from(f));
+    }
+    None
+}
