@@ -274,6 +274,34 @@ struct Planned<'a> {
     planned: bool,
 }
 
+impl<'a> Planned<'a> {
+    fn new(
+        template: &'a ChatTemplate,
+        full: &'a str,
+        trace: Trace,
+        tools: Option<&'a Value>,
+        extra: &'a [(String, Value)],
+    ) -> Self {
+        Planned {
+            template,
+            full,
+            trace,
+            tools,
+            extra,
+            after: [None, None],
+            planned: false,
+        }
+    }
+}
+
+/// The messages of a conversation.
+fn items_of(messages: &Value) -> Result<Vec<Value>, ChatError> {
+    Ok(messages
+        .try_iter()
+        .map_err(|e| ChatError::Unsupported(format!("messages is not a list: {e}")))?
+        .collect())
+}
+
 impl Prefixes for Planned<'_> {
     fn render(&mut self, m: &[Value], agp: bool, replaced: bool) -> Result<Rc<str>, ChatError> {
         let plan = self.template.plan.as_ref().ok();
@@ -702,22 +730,11 @@ impl ChatTemplate {
         special_tokens: &[&str],
         select: impl Fn(usize, &Value) -> bool,
     ) -> Result<(String, Vec<Region>), ChatError> {
-        let items: Vec<Value> = messages
-            .try_iter()
-            .map_err(|e| ChatError::Unsupported(format!("messages is not a list: {e}")))?
-            .collect();
+        let items = items_of(messages)?;
         // A planned template: the full rendering from the traced run (the same program on the
         // same values, so the same text), and the prefixes from it.
         if let Some((full, trace)) = self.traced(&items, tools, extra) {
-            let planned = Planned {
-                template: self,
-                full: &full,
-                trace,
-                tools,
-                extra,
-                after: [None, None],
-                planned: false,
-            };
+            let planned = Planned::new(self, &full, trace, tools, extra);
             let regions = locate_with(&full, &items, special_tokens, select, planned)?;
             return Ok((full, regions));
         }
@@ -764,24 +781,13 @@ impl ChatTemplate {
         tools: Option<&Value>,
         extra: &[(String, Value)],
     ) -> Result<Vec<PrefixRender>, ChatError> {
-        let items: Vec<Value> = messages
-            .try_iter()
-            .map_err(|e| ChatError::Unsupported(format!("messages is not a list: {e}")))?
-            .collect();
+        let items = items_of(messages)?;
         let traced = self.traced(&items, tools, extra);
         let full = match &traced {
             Some((text, _)) => text.clone(),
             None => self.render(messages, tools, extra, false)?,
         };
-        let mut planned = traced.map(|(_, trace)| Planned {
-            template: self,
-            full: &full,
-            trace,
-            tools,
-            extra,
-            after: [None, None],
-            planned: false,
-        });
+        let mut planned = traced.map(|(_, trace)| Planned::new(self, &full, trace, tools, extra));
         let mut out = Vec::with_capacity(2 * items.len());
         for k in 1..=items.len() {
             for agp in [false, true] {

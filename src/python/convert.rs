@@ -604,17 +604,12 @@ pub(crate) fn plain_value(obj: &Bound<'_, PyAny>, depth: usize) -> Option<miniji
         }
         return Some(Value::from_pairs(pairs));
     }
-    if let Ok(l) = obj.cast::<PyList>() {
-        return l
-            .iter()
-            .map(|v| plain_value(&v, depth + 1))
-            .collect::<Option<Vec<_>>>()
-            .map(Value::from);
-    }
-    if let Ok(t) = obj.cast::<PyTuple>() {
-        return t
-            .iter()
-            .map(|v| plain_value(&v, depth + 1))
+    // A list or a tuple: a JSON array.
+    if obj.cast::<PyList>().is_ok() || obj.cast::<PyTuple>().is_ok() {
+        return obj
+            .try_iter()
+            .ok()?
+            .map(|v| plain_value(&v.ok()?, depth + 1))
             .collect::<Option<Vec<_>>>()
             .map(Value::from);
     }
